@@ -1,0 +1,43 @@
+# One entry point for people and CI. `make run` and `make test` set up
+# everything they need on a fresh Debian machine (venv, redis-server).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: help venv deps run test check lint typecheck pytest clean
+
+help:
+	@echo "make run    set up and serve the API on a local Redis"
+	@echo "make test   set up and run lint, type checks and the whole test suite"
+	@echo "make check  lint and type checks only"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+deps:
+	@scripts/ensure-deps.sh
+
+lint: venv
+	$(BIN)/ruff check src tests
+
+typecheck: venv
+	$(BIN)/mypy
+
+check: lint typecheck
+
+pytest: venv deps
+	$(BIN)/pytest
+
+test: check pytest
+
+run: venv deps
+	@scripts/run-local.sh
+
+clean:
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

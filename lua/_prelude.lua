@@ -1,0 +1,80 @@
+-- Shared helpers. scripts.py prepends this file to every script when it
+-- registers them, so each operation stays one file and one atomic call.
+
+-- Server time in milliseconds: one clock for every API process.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The `assigned` hash holds, per code, "owner|assignedAt|timesRedeemed|lastRedeemedAt|version".
+local function read_assignment(assigned_key, code)
+  local raw = redis.call('HGET', assigned_key, code)
+  if not raw then return nil end
+  local owner, at, times, last, v = string.match(raw, '^([^|]*)|(%d+)|(%d+)|(%d+)|(%d+)$')
+  return {owner = owner, at = tonumber(at), times = tonumber(times),
+          last = tonumber(last), v = tonumber(v)}
+end
+
+local function write_assignment(assigned_key, code, a)
+  redis.call('HSET', assigned_key, code,
+    a.owner .. '|' .. a.at .. '|' .. a.times .. '|' .. a.last .. '|' .. a.v)
+end
+
+-- How many times a code of this book may be redeemed; -1 means no limit.
+local function redeem_limit(multiple_allowed, max_redeems)
+  if multiple_allowed ~= '1' then return 1 end
+  return tonumber(max_redeems) or -1
+end
+
+local function outside_window(valid_from, valid_until, now)
+  local from, untl = tonumber(valid_from), tonumber(valid_until)
+  return (from ~= nil and now < from) or (untl ~= nil and now >= untl)
+end
+
+-- Lock expiry (ms) of a code from the locks zset, 0 when not locked now.
+local function locked_until(locks_key, code, now)
+  local until_ms = tonumber(redis.call('ZSCORE', locks_key, code))
+  if until_ms and until_ms > now then return until_ms end
+  return 0
+end
+
+-- What a client sees of an assigned code, in the order scripts.py parses it.
+local function code_view(code, a, lock_until, limit)
+  local status = 'assigned'
+  if limit >= 0 and a.times >= limit then status = 'redeemed'
+  elseif lock_until > 0 then status = 'locked' end
+  return {code, a.owner, a.at, a.times, a.last, lock_until, status, a.v}
+end
+
+-- Appends one outbox event; every state change calls this exactly once.
+local function emit(stream, kind, book_id, code, user, at, version, ...)
+  redis.call('XADD', stream, '*', 'type', kind, 'book', book_id, 'code', code,
+    'user', user, 'at', at, 'v', version, ...)
+end
+
+-- Idempotency: the stored result of an earlier call with this key, a
+-- mismatch marker when the key was used with another request, or nil.
+local function idem_replay(key, fingerprint)
+  if key == nil then return nil end
+  local stored = redis.call('LRANGE', key, 0, -1)
+  if #stored == 0 then return nil end
+  if stored[1] ~= fingerprint then return {'idempotency_mismatch'} end
+  table.remove(stored, 1)
+  stored[1] = 'replayed'
+  return stored
+end
+
+local function idem_store(key, fingerprint, ttl_ms, result)
+  if key == nil then return end
+  redis.call('RPUSH', key, fingerprint, unpack(result))
+  redis.call('PEXPIRE', key, ttl_ms)
+end
+
+-- Copies a view into a reply that starts with a status word.
+local function reply(status, view, ...)
+  local out = {status}
+  for _, value in ipairs(view) do out[#out + 1] = value end
+  for _, value in ipairs({...}) do out[#out + 1] = value end
+  return out
+end

@@ -1,0 +1,32 @@
+-- Assigns one named code to a user; assigning it again to the same user
+-- returns the existing assignment and changes nothing.
+-- KEYS[1] meta hash  KEYS[2] free set  KEYS[3] assigned hash  KEYS[4] user's zset
+-- KEYS[5] locks zset KEYS[6] events stream  KEYS[7] idempotency list (optional)
+-- ARGV[1] code  ARGV[2] user id  ARGV[3] request fingerprint  ARGV[4] idempotency ttl (ms)
+-- Returns {'ok'|'replayed', code view...} or {error status, detail...}.
+local replay = idem_replay(KEYS[7], ARGV[3])
+if replay then return replay end
+local code, user = ARGV[1], ARGV[2]
+local m = redis.call('HMGET', KEYS[1], 'id', 'validFrom', 'validUntil', 'maxPerUser',
+  'multipleRedeemsAllowed', 'maxRedeemsPerCode')
+if not m[1] then return {'book_not_found'} end
+local now = now_ms()
+if outside_window(m[2], m[3], now) then return {'book_not_active'} end
+local limit = redeem_limit(m[5], m[6])
+local a = read_assignment(KEYS[3], code)
+if a then
+  if a.owner ~= user then return {'not_owner'} end
+  return reply('ok', code_view(code, a, locked_until(KEYS[5], code, now), limit))
+end
+if redis.call('SISMEMBER', KEYS[2], code) == 0 then return {'code_not_found'} end
+local cap = tonumber(m[4])
+if cap and redis.call('ZCARD', KEYS[4]) >= cap then return {'user_limit_reached', cap} end
+redis.call('SREM', KEYS[2], code)
+a = {owner = user, at = now, times = 0, last = 0, v = 1}
+write_assignment(KEYS[3], code, a)
+redis.call('ZADD', KEYS[4], 0, code)
+redis.call('HINCRBY', KEYS[1], 'assigned', 1)
+emit(KEYS[6], 'assigned', m[1], code, user, now, a.v)
+local result = reply('ok', code_view(code, a, 0, limit))
+idem_store(KEYS[7], ARGV[3], ARGV[4], result)
+return result

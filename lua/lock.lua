@@ -1,0 +1,42 @@
+-- Locks an assigned code for its owner for a while (SET NX PX: the lock
+-- expires by itself). Also records, lazily, locks of this book that expired.
+-- KEYS[1] meta hash  KEYS[2] assigned hash  KEYS[3] lock key  KEYS[4] locks zset
+-- KEYS[5] events stream
+-- ARGV[1] code  ARGV[2] user id  ARGV[3] new lock token  ARGV[4] ttl ms ('' = book default)
+-- Returns {'ok', code view..., lockToken} or {error status, detail...}.
+local code, user, token = ARGV[1], ARGV[2], ARGV[3]
+local m = redis.call('HMGET', KEYS[1], 'id', 'validFrom', 'validUntil', 'lockTtlMs',
+  'multipleRedeemsAllowed', 'maxRedeemsPerCode')
+if not m[1] then return {'book_not_found'} end
+local a = read_assignment(KEYS[2], code)
+if not a then return {'not_assigned'} end
+if a.owner ~= user then return {'not_owner'} end
+local now = now_ms()
+if outside_window(m[2], m[3], now) then return {'book_not_active'} end
+local limit = redeem_limit(m[5], m[6])
+if limit >= 0 and a.times >= limit then return {'redeemed', a.times} end
+local ttl = tonumber(ARGV[4]) or tonumber(m[4])
+if not redis.call('SET', KEYS[3], token, 'NX', 'PX', ttl) then
+  return {'locked', now + redis.call('PTTL', KEYS[3])}
+end
+
+-- Expired locks stay in the zset until seen: record this code's earlier
+-- lock (the NX above proves it is gone) and a few of the book's others.
+local function record_expiry(other, o)
+  redis.call('ZREM', KEYS[4], other)
+  if not o then return end
+  o.v = o.v + 1
+  if other ~= code then write_assignment(KEYS[2], other, o) end
+  emit(KEYS[5], 'lock_expired', m[1], other, o.owner, now, o.v)
+end
+if redis.call('ZSCORE', KEYS[4], code) then record_expiry(code, a) end
+for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 16)) do
+  record_expiry(other, read_assignment(KEYS[2], other))
+end
+
+local until_ms = now + ttl
+a.v = a.v + 1
+write_assignment(KEYS[2], code, a)
+redis.call('ZADD', KEYS[4], until_ms, code)
+emit(KEYS[5], 'locked', m[1], code, user, now, a.v, 'until', until_ms)
+return reply('ok', code_view(code, a, until_ms, limit), token)

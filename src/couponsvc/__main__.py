@@ -1,0 +1,3 @@
+from couponsvc.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""Bearer-token authentication and the scope rules.
+
+Scopes (space-separated `scope` claim):
+  coupons:admin  create books, upload or generate codes, read anything
+  coupons:write  a checkout back-end: assign, lock, unlock, redeem and list for any user
+  (neither)      an end user: the same, but only for `userId == sub`
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from couponsvc.errors import Forbidden, Unauthorized
+from couponsvc.settings import Settings
+
+ADMIN = "coupons:admin"
+WRITE = "coupons:write"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as the token says."""
+
+    sub: str
+    scopes: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN in self.scopes
+
+    @property
+    def acts_for_anyone(self) -> bool:
+        """A back-end (or admin) may act for any user; an end user only for itself."""
+        return self.is_admin or WRITE in self.scopes
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise Forbidden(f"this operation needs the {ADMIN} scope")
+
+    def require_user(self, user_id: str) -> None:
+        if not self.acts_for_anyone and user_id != self.sub:
+            raise Forbidden(f"a token without {WRITE} may act only for its own subject")
+
+
+class TokenVerifier:
+    """Verifies bearer tokens with the one algorithm the deployment configured."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._key = settings.jwt_public_key or settings.jwt_secret
+        self._algorithms = [settings.jwt_algorithm]
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+        required = ["exp", "sub"] + (["aud"] if self._audience else []) \
+            + (["iss"] if self._issuer else [])
+        self._options: jwt.types.Options = {"require": required}
+
+    def verify(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthorized("send Authorization: Bearer <token>")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        try:
+            claims = jwt.decode(
+                token.strip(),
+                self._key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                options=self._options,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        sub, scope = claims.get("sub"), claims.get("scope", "")
+        if not isinstance(sub, str) or not sub:
+            raise Unauthorized("the token's sub claim must be a non-empty string")
+        if not isinstance(scope, str):
+            raise Unauthorized("the token's scope claim must be a space-separated string")
+        return Principal(sub=sub, scopes=frozenset(scope.split()))
+
+
+def issue_token(settings: Settings, sub: str, scope: str = "", ttl_seconds: int = 3600) -> str:
+    """A signed HS256 token for local use and demos (`couponsvc token`)."""
+    if settings.jwt_public_key:
+        raise ValueError("tokens can only be issued with a shared secret (HS256)")
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": sub, "iat": now, "exp": now + ttl_seconds}
+    if scope:
+        claims["scope"] = scope
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")

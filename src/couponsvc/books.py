@@ -1,0 +1,184 @@
+"""Admin operations: create a book, add or generate its codes, read it."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from couponsvc import codes as coderules
+from couponsvc import errors
+from couponsvc.keys import directory_bucket
+from couponsvc.schemas import Book, BookCounts, CreateBook, Refused, UploadResult
+from couponsvc.store import Located, Store, ms_to_datetime, optional_datetime
+
+# Codes per add_codes call, and claim_codes calls per pipeline round trip.
+ADD_CHUNK = 5000
+CLAIM_CALLS_PER_ROUND = 2000
+# Rounds of redrawing colliding generated codes before giving up.
+GENERATE_ROUNDS = 20
+
+
+@dataclass
+class _Outcome:
+    added: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    in_other_book: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+
+    def result(self, book_id: str, with_codes: bool = False) -> UploadResult:
+        refused = Refused(duplicates=self.duplicates, inOtherBook=self.in_other_book,
+                          invalid=self.invalid)
+        return UploadResult(
+            couponBookId=book_id,
+            added=len(self.added),
+            refusedCount=len(self.duplicates) + len(self.in_other_book) + len(self.invalid),
+            refused=refused,
+            codes=self.added if with_codes else None,
+        )
+
+
+class Books:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def create(self, req: CreateBook) -> Book:
+        _check_settings(req)
+        pattern = req.codePattern or coderules.DEFAULT_PATTERN
+        if req.initialCouponAmount:
+            self._check_count(req.initialCouponAmount, "initialCouponAmount")
+            coderules.check_pattern(pattern, req.initialCouponAmount, "codePattern")
+        store = self.store
+        number = int(await store.redis.incr(store.keys.book_seq))
+        book = Located(number, str(uuid.uuid4()), store.keys.book(number))
+        fields: dict[str, str | int] = {
+            "num": number,
+            "name": req.name,
+            "description": req.description,
+            "multipleRedeemsAllowed": int(req.multipleRedeemsAllowed),
+            "lockTtlMs": req.lockTtlSeconds * 1000,
+        }
+        for name, value in (("maxRedeemsPerCode", req.maxRedeemsPerCode),
+                            ("maxPerUser", req.maxPerUser)):
+            if value is not None:
+                fields[name] = value
+        for name, moment in (("validFrom", req.validFrom), ("validUntil", req.validUntil)):
+            if moment is not None:
+                fields[name] = int(moment.timestamp() * 1000)
+        args = [book.id, *(item for pair in fields.items() for item in pair)]
+        await store.run("create_book", [book.keys.meta, book.keys.events], args)
+        await store.redis.hset(store.keys.books, book.id, number)
+        if req.initialCouponAmount:
+            await self._generate(book, pattern, req.initialCouponAmount)
+        return await self.get(book.id)
+
+    async def get(self, book_id: str) -> Book:
+        book = await self.store.book(book_id)
+        reply = await self.store.run("read_book", [book.keys.meta, book.keys.free,
+                                                   book.keys.locks])
+        if reply[0] != "ok":
+            raise errors.BookNotFound(f"no coupon book {book_id}")
+        available, locked = int(reply[1]), int(reply[2])
+        meta = dict(zip(reply[3::2], reply[4::2], strict=True))
+        max_redeems, max_per_user = meta.get("maxRedeemsPerCode"), meta.get("maxPerUser")
+        valid_from, valid_until = meta.get("validFrom"), meta.get("validUntil")
+        return Book(
+            id=book.id,
+            name=str(meta["name"]),
+            description=str(meta.get("description", "")),
+            multipleRedeemsAllowed=meta.get("multipleRedeemsAllowed") == "1",
+            maxRedeemsPerCode=int(max_redeems) if max_redeems is not None else None,
+            maxPerUser=int(max_per_user) if max_per_user is not None else None,
+            lockTtlSeconds=int(meta["lockTtlMs"]) // 1000,
+            validFrom=optional_datetime(valid_from) if valid_from is not None else None,
+            validUntil=optional_datetime(valid_until) if valid_until is not None else None,
+            createdAt=ms_to_datetime(meta["createdAt"]),
+            updatedAt=ms_to_datetime(meta["updatedAt"]),
+            counts=BookCounts(total=int(meta["total"]), available=available,
+                              assigned=int(meta["assigned"]), locked=locked,
+                              redeemed=int(meta["redeemed"])),
+        )
+
+    async def upload(self, book_id: str, raw_codes: Sequence[object]) -> UploadResult:
+        self._check_count(len(raw_codes), "codes")
+        book = await self.store.book(book_id)
+        outcome = _Outcome()
+        seen: set[str] = set()
+        candidates: list[str] = []
+        for raw in raw_codes:
+            if not coderules.is_valid_code(raw):
+                outcome.invalid.append(str(raw))
+            elif raw in seen:
+                outcome.duplicates.append(str(raw))
+            else:
+                code = str(raw)
+                seen.add(code)
+                candidates.append(code)
+        claimed = await self._claim(book, candidates, outcome.in_other_book)
+        await self._add(book, claimed, outcome)
+        return outcome.result(book.id)
+
+    async def generate(self, book_id: str, pattern: str, count: int) -> UploadResult:
+        self._check_count(count, "generate.count")
+        coderules.check_pattern(pattern, count, "generate.pattern")
+        book = await self.store.book(book_id)
+        return await self._generate(book, pattern, count)
+
+    async def _generate(self, book: Located, pattern: str, count: int) -> UploadResult:
+        outcome = _Outcome()
+        for _ in range(GENERATE_ROUNDS):
+            need = count - len(outcome.added)
+            if need == 0:
+                return outcome.result(book.id, with_codes=True)
+            # Codes that collide (taken anywhere) are silently redrawn.
+            drawn = coderules.generate(pattern, need)
+            fresh = await self._claim(book, drawn, [], only_new=True)
+            await self._add(book, fresh, outcome)
+        raise errors.Conflict(
+            f"could not find {count} unused codes for pattern {pattern!r}; use a longer pattern")
+
+    def _check_count(self, count: int, field_name: str) -> None:
+        limit = self.store.settings.max_upload_codes
+        if count > limit:
+            raise errors.InvalidRequest(f"{field_name}: at most {limit} codes per request",
+                                        field=field_name)
+
+    async def _claim(self, book: Located, codes: Iterable[str], in_other_book: list[str],
+                     only_new: bool = False) -> list[str]:
+        """Claims codes for the book in the directory; returns those now the book's."""
+        by_bucket: dict[int, list[str]] = defaultdict(list)
+        for code in codes:
+            by_bucket[directory_bucket(code)].append(code)
+        groups = list(by_bucket.values())
+        keys = self.store.keys
+        claimed: list[str] = []
+        for start in range(0, len(groups), CLAIM_CALLS_PER_ROUND):
+            batch = groups[start:start + CLAIM_CALLS_PER_ROUND]
+            calls = [([keys.directory(group[0])], [book.number, *group]) for group in batch]
+            replies = await self.store.scripts.run_many("claim_codes", calls)
+            for group, flags in zip(batch, replies, strict=True):
+                for code, flag in zip(group, str(flags), strict=True):
+                    if flag == "n" or (flag == "s" and not only_new):
+                        claimed.append(code)
+                    elif flag == "o":
+                        in_other_book.append(code)
+        return claimed
+
+    async def _add(self, book: Located, codes: Sequence[str], outcome: _Outcome) -> None:
+        keys = [book.keys.meta, book.keys.free, book.keys.assigned, book.keys.events]
+        for start in range(0, len(codes), ADD_CHUNK):
+            chunk = codes[start:start + ADD_CHUNK]
+            reply = await self.store.run("add_codes", keys, chunk)
+            if reply[0] != "ok":
+                raise errors.BookNotFound(f"no coupon book {book.id}")
+            for code, flag in zip(chunk, str(reply[1]), strict=True):
+                (outcome.added if flag == "a" else outcome.duplicates).append(code)
+
+
+def _check_settings(req: CreateBook) -> None:
+    if req.maxRedeemsPerCode is not None and not req.multipleRedeemsAllowed:
+        raise errors.InvalidRequest(
+            "maxRedeemsPerCode needs multipleRedeemsAllowed: true", field="maxRedeemsPerCode")
+    if req.validFrom and req.validUntil and req.validFrom >= req.validUntil:
+        raise errors.InvalidRequest("validFrom must be before validUntil", field="validUntil")

@@ -1,0 +1,186 @@
+"""The checkout path: assign, lock, unlock, redeem and list codes.
+
+Every state change is one script call; the Python around it only finds the
+book, checks who may act, and shapes the reply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from dataclasses import dataclass
+
+from couponsvc import errors
+from couponsvc.auth import Principal
+from couponsvc.schemas import Coupon, LockResult, Redemption
+from couponsvc.store import VIEW_LEN, Located, Store, parse_view, raise_for
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """An `Idempotency-Key` and the fingerprint of the request that carried it."""
+
+    caller: str
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A coupon, and whether it is the stored reply to an earlier request."""
+
+    coupon: Coupon
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    coupons: list[Coupon]
+    next_cursor: str | None
+
+
+class Coupons:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _idem_args(self, book: Located, idem: Idempotency | None) -> tuple[list[str], list[str]]:
+        """Extra KEYS (the idempotency record, when asked for) and ARGV."""
+        if idem is None:
+            return [], [""]
+        ttl_ms = self.store.settings.idempotency_ttl_seconds * 1000
+        return [book.keys.idempotency(idem.caller, idem.key)], [idem.fingerprint, str(ttl_ms)]
+
+    async def _note_user_book(self, user_id: str, book: Located) -> None:
+        # Written before the assignment so the user's index of books is always a
+        # superset of where they hold codes (lists need no KEYS/SCAN).
+        await self.store.redis.sadd(self.store.keys.user_books(user_id), book.number)
+
+    async def assign_random(self, principal: Principal, book_id: str, user_id: str,
+                            idem: Idempotency | None) -> Outcome:
+        principal.require_user(user_id)
+        book = await self.store.book(book_id)
+        await self._note_user_book(user_id, book)
+        k = book.keys
+        idem_keys, idem_args = self._idem_args(book, idem)
+        reply = await self.store.run(
+            "assign_random",
+            [k.meta, k.free, k.assigned, k.user(user_id), k.locks, k.events, *idem_keys],
+            [user_id, *idem_args],
+        )
+        raise_for(reply, "", principal, "assign")
+        return Outcome(parse_view(reply, 1, book.id), reply[0] == "replayed")
+
+    async def assign_code(self, principal: Principal, code: str, user_id: str,
+                          book_id: str | None, idem: Idempotency | None) -> Outcome:
+        principal.require_user(user_id)
+        book = await self.store.book_of_code(code)
+        if book_id is not None and book_id != book.id:
+            if not principal.acts_for_anyone:
+                raise errors.CodeNotFound(f"no coupon code {code} for this caller")
+            raise errors.BookMismatch(f"{code} does not belong to book {book_id}")
+        await self._note_user_book(user_id, book)
+        k = book.keys
+        idem_keys, idem_args = self._idem_args(book, idem)
+        reply = await self.store.run(
+            "assign_code",
+            [k.meta, k.free, k.assigned, k.user(user_id), k.locks, k.events, *idem_keys],
+            [code, user_id, *idem_args],
+        )
+        raise_for(reply, code, principal, "assign")
+        return Outcome(parse_view(reply, 1, book.id), reply[0] == "replayed")
+
+    async def lock(self, principal: Principal, code: str, user_id: str,
+                   ttl_seconds: int | None) -> LockResult:
+        principal.require_user(user_id)
+        book = await self.store.book_of_code(code)
+        k = book.keys
+        token = secrets.token_urlsafe(18)
+        ttl_ms = "" if ttl_seconds is None else str(ttl_seconds * 1000)
+        reply = await self.store.run(
+            "lock", [k.meta, k.assigned, k.lock(code), k.locks, k.events],
+            [code, user_id, token, ttl_ms],
+        )
+        raise_for(reply, code, principal, "lock")
+        coupon = parse_view(reply, 1, book.id)
+        assert coupon.lockedUntil is not None
+        return LockResult(code=code, couponBookId=book.id, assignedTo=user_id,
+                          lockToken=str(reply[1 + VIEW_LEN]), lockedUntil=coupon.lockedUntil)
+
+    async def unlock(self, principal: Principal, code: str, user_id: str, token: str) -> Coupon:
+        principal.require_user(user_id)
+        book = await self.store.book_of_code(code)
+        k = book.keys
+        reply = await self.store.run(
+            "unlock", [k.meta, k.assigned, k.lock(code), k.locks, k.events],
+            [code, user_id, token],
+        )
+        raise_for(reply, code, principal, "unlock")
+        return parse_view(reply, 1, book.id)
+
+    async def redeem(self, principal: Principal, code: str, user_id: str, token: str | None,
+                     idem: Idempotency | None) -> tuple[Redemption, bool]:
+        principal.require_user(user_id)
+        book = await self.store.book_of_code(code)
+        k = book.keys
+        idem_keys, idem_args = self._idem_args(book, idem)
+        reply = await self.store.run(
+            "redeem", [k.meta, k.assigned, k.lock(code), k.locks, k.events, *idem_keys],
+            [code, user_id, token or "", *idem_args],
+        )
+        raise_for(reply, code, principal, "redeem")
+        coupon = parse_view(reply, 1, book.id)
+        left = int(reply[1 + VIEW_LEN])
+        assert coupon.lastRedeemedAt is not None
+        redemption = Redemption(
+            code=code, couponBookId=book.id, assignedTo=user_id,
+            timesRedeemed=coupon.timesRedeemed, redeemedAt=coupon.lastRedeemedAt,
+            redemptionsLeft=None if left < 0 else left,
+        )
+        return redemption, reply[0] == "replayed"
+
+    async def list_for_user(self, principal: Principal, user_id: str, book_id: str | None,
+                            limit: int, cursor: str | None) -> Page:
+        principal.require_user(user_id)
+        start_number, after = decode_cursor(cursor) if cursor else (0, "")
+        if book_id is not None:
+            numbers = [(await self.store.book(book_id)).number]
+        else:
+            members = await self.store.redis.smembers(self.store.keys.user_books(user_id))
+            numbers = sorted(int(m) for m in members)
+        found: list[tuple[int, Coupon]] = []
+        # One more than a page tells whether a next page exists.
+        for number in (n for n in numbers if n >= start_number):
+            want = limit + 1 - len(found)
+            if want <= 0:
+                break
+            book = Located(number, await self.store.book_id(number), self.store.keys.book(number))
+            k = book.keys
+            reply = await self.store.run(
+                "list_user_codes", [k.meta, k.user(user_id), k.assigned, k.locks],
+                [after if number == start_number else "", want],
+            )
+            if reply[0] != "ok":
+                continue
+            found.extend((number, parse_view(reply, at, book.id))
+                         for at in range(2, len(reply), VIEW_LEN))
+        coupons = [coupon for _, coupon in found[:limit]]
+        if len(found) <= limit:
+            return Page(coupons, None)
+        last_number, last = found[limit - 1]
+        return Page(coupons, encode_cursor(last_number, last.code))
+
+
+def encode_cursor(book_number: int, last_code: str) -> str:
+    return base64.urlsafe_b64encode(f"{book_number}:{last_code}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        number, _, last_code = raw.partition(":")
+        return int(number), last_code
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise errors.InvalidRequest("cursor is not one this service issued",
+                                    field="cursor") from None
+

@@ -1,0 +1,103 @@
+"""HTTP edges: bounded body reading, typed decoding, JSON responses, headers."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from couponsvc.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+T = TypeVar("T")
+
+SMALL_BODY_BYTES = 64 * 1024
+IDEMPOTENCY_HEADER = "idempotency-key"
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def json_response(body: object, status: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
+    return Response(_encoder.encode(body), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+async def read_body(request: Request, limit: int = SMALL_BODY_BYTES) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body may be at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body may be at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_json(request: Request) -> None:
+    media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {media}")
+
+
+def decode(body: bytes, kind: type[T]) -> T:
+    """Decodes and validates a JSON body; errors name the offending field."""
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    try:
+        value: T = decoder.decode(body)
+        return value
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        unknown = _UNKNOWN_FIELD.search(message)
+        where = _FIELD_AT.search(message)
+        field = unknown.group(1) if unknown else (where.group(1) if where else None)
+        raise InvalidRequest(message, field=field or None) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+
+async def json_body(
+    request: Request, kind: type[T], limit: int = SMALL_BODY_BYTES
+) -> tuple[T, bytes]:
+    """The decoded body and its raw bytes (for idempotency fingerprints)."""
+    _check_json(request)
+    body = await read_body(request, limit)
+    return decode(body, kind), body
+
+
+def fingerprint(request: Request, body: bytes) -> str:
+    digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode())
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidRequest("Idempotency-Key must be 1-255 visible ASCII characters",
+                             field="Idempotency-Key")
+    return key
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidRequest(f"{name} must be an integer from {low} to {high}", field=name)
+    return int(raw)

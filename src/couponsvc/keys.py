@@ -1,0 +1,99 @@
+"""Every Redis key name the service uses, built in one place.
+
+Layout (documented for operators in docs/redis-keys.md):
+
+    {prefix}:books                       hash   book id (uuid) -> book number
+    {prefix}:book-seq                    string last book number handed out
+    {prefix}:{book:N}:meta               hash   the book's settings and counters
+    {prefix}:{book:N}:free               set    codes not yet assigned
+    {prefix}:{book:N}:assigned           hash   code -> "owner|assignedAt|timesRedeemed|
+                                                 lastRedeemedAt|version"
+    {prefix}:{book:N}:locks              zset   code -> lock expiry (ms), mirrors the lock keys
+    {prefix}:{book:N}:lock:CODE          string lock token, SET NX PX
+    {prefix}:{book:N}:user:USER          zset   the user's codes in this book (score 0, lex order)
+    {prefix}:{book:N}:idem:DIGEST        list   fingerprint, then the stored result
+    {prefix}:{book:N}:events             stream outbox of state changes
+    {prefix}:{dir:BUCKET}                hash   code -> book number (immutable directory)
+    {prefix}:{user:USER}:books           set    book numbers the user has codes in
+
+All keys one script call touches share the `{book:N}` hash tag, so every script
+runs unchanged on Redis Cluster. The prefix sits outside the braces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+
+# 65,536 directory buckets keep each bucket a small listpack-encoded hash up to
+# a few million codes, and spread the directory over every cluster slot.
+DIRECTORY_BUCKETS = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class BookKeys:
+    """The keys of one book; every one carries the same hash tag."""
+
+    tag: str
+
+    @property
+    def meta(self) -> str:
+        return f"{self.tag}:meta"
+
+    @property
+    def free(self) -> str:
+        return f"{self.tag}:free"
+
+    @property
+    def assigned(self) -> str:
+        return f"{self.tag}:assigned"
+
+    @property
+    def locks(self) -> str:
+        return f"{self.tag}:locks"
+
+    @property
+    def events(self) -> str:
+        return f"{self.tag}:events"
+
+    def lock(self, code: str) -> str:
+        return f"{self.tag}:lock:{code}"
+
+    def user(self, user_id: str) -> str:
+        return f"{self.tag}:user:{user_id}"
+
+    def idempotency(self, caller: str, key: str) -> str:
+        # Callers and keys are client-chosen strings; a digest keeps the key
+        # name short and free of separators.
+        digest = hashlib.sha256(f"{caller}\0{key}".encode()).hexdigest()[:32]
+        return f"{self.tag}:idem:{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key builder for one deployment (one prefix)."""
+
+    prefix: str = "cb"
+
+    @property
+    def books(self) -> str:
+        return f"{self.prefix}:books"
+
+    @property
+    def book_seq(self) -> str:
+        return f"{self.prefix}:book-seq"
+
+    def book(self, number: int) -> BookKeys:
+        return BookKeys(f"{self.prefix}:{{book:{number}}}")
+
+    def directory(self, code: str) -> str:
+        return f"{self.prefix}:{{dir:{directory_bucket(code):04x}}}"
+
+    def user_books(self, user_id: str) -> str:
+        return f"{self.prefix}:{{user:{user_id}}}:books"
+
+
+def directory_bucket(code: str) -> int:
+    """The directory bucket of a code: stable across processes and versions."""
+    return zlib.crc32(code.encode()) % DIRECTORY_BUCKETS

@@ -1,0 +1,105 @@
+"""The OpenAPI 3.1 document, generated from the route table and msgspec types."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from couponsvc import __version__
+from couponsvc.errors import PROBLEM_MEDIA_TYPE, Problem
+from couponsvc.routes import Operation
+
+REF = "#/components/schemas/{name}"
+ERROR_DESCRIPTIONS = {
+    400: "Invalid request: malformed JSON, wrong types, unknown fields, bad values",
+    401: "Missing, malformed, expired or wrongly signed bearer token",
+    403: "The token may not do this",
+    404: "Unknown book or code (or, for an end user, a code that is not theirs)",
+    409: "Conflicts with the current state (exhausted, limit reached, outside validity, ...)",
+    413: "Request body too large",
+    415: "The body is not JSON",
+    423: "The code is locked, or has no redemptions left",
+    503: "Storage unavailable; retry after the Retry-After delay",
+}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"},
+                                "description": "Seconds to wait before retrying"}}
+
+
+def build(operations: Sequence[Operation]) -> dict[str, Any]:
+    types: list[Any] = [Problem]
+    for op in operations:
+        if op.request is not None:
+            types.append(op.request)
+        types.extend(kind for _, kind in op.responses.values() if kind is not None)
+    schemas, components = msgspec.json.schema_components(types, ref_template=REF)
+    schema_of = {id(kind): schema for kind, schema in zip(types, schemas, strict=True)}
+
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schema_of)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Coupon Book Service",
+            "version": __version__,
+            "description": "Create coupon books, load or generate codes, hand them out, "
+                           "lock them during checkout and redeem them, atomically.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "bearerFormat": "JWT"}},
+        },
+    }
+
+
+def _operation(op: Operation, schema_of: dict[int, Any]) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", op.path)
+    ]
+    parameters += [
+        {"name": name, "in": "query", "required": False, "description": description,
+         "schema": {"type": "integer" if kind is int else "string"}}
+        for name, description, kind in op.query
+    ]
+    if op.idempotent:
+        parameters.append({
+            "name": "Idempotency-Key", "in": "header", "required": False,
+            "description": "Retries with the same key and body return the first response "
+                           "(kept 24 hours); the same key with another body is 409.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        })
+    responses: dict[str, Any] = {}
+    for status, (description, kind) in op.responses.items():
+        response: dict[str, Any] = {"description": description}
+        if kind is not None:
+            response["content"] = {"application/json": {"schema": schema_of[id(kind)]}}
+        responses[str(status)] = response
+    problem = {PROBLEM_MEDIA_TYPE: {"schema": schema_of[id(Problem)]}}
+    for status in op.errors:
+        responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status], "content": problem}
+        if status in (423, 503):
+            responses[str(status)]["headers"] = _RETRY_AFTER
+    document: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "parameters": parameters,
+        "responses": responses,
+        "security": [{"bearerAuth": []}] if op.auth else [],
+    }
+    if op.request is not None:
+        document["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema_of[id(op.request)]}},
+        }
+    return document
+
+
+def encoded(operations: Sequence[Operation]) -> bytes:
+    return msgspec.json.encode(build(operations))

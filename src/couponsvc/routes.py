@@ -1,0 +1,229 @@
+"""HTTP handlers and the route table (which also drives the OpenAPI document)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from couponsvc import errors, schemas
+from couponsvc.auth import Principal
+from couponsvc.coupons import Idempotency
+from couponsvc.http import (
+    fingerprint,
+    idempotency_key,
+    json_body,
+    json_response,
+    query_int,
+)
+from couponsvc.services import Services
+from couponsvc.types import Endpoint
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+REPLAYED_HEADER = "Idempotent-Replayed"
+_CODE = re.compile(schemas.CODE_PATTERN)
+_USER = re.compile(schemas.USER_PATTERN)
+_UUID = re.compile(schemas.UUID_PATTERN)
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.state.services
+    return services
+
+
+def _principal(request: Request) -> Principal:
+    return _services(request).verifier.verify(request.headers.get("authorization"))
+
+
+def _path_code(request: Request) -> str:
+    code: str = request.path_params["code"]
+    if not _CODE.fullmatch(code):
+        raise errors.InvalidRequest("code must be 1-64 of A-Z a-z 0-9 _ -", field="code")
+    return code
+
+
+def _idempotency(request: Request, principal: Principal, body: bytes) -> Idempotency | None:
+    key = idempotency_key(request)
+    if key is None:
+        return None
+    return Idempotency(principal.sub, key, fingerprint(request, body))
+
+
+def _replayed(replayed: bool) -> dict[str, str] | None:
+    return {REPLAYED_HEADER: "true"} if replayed else None
+
+
+async def create_book(request: Request) -> Response:
+    _principal(request).require_admin()
+    req, _ = await json_body(request, schemas.CreateBook)
+    book = await _services(request).books.create(req)
+    return json_response(book, 201, {"Location": f"/coupons/{book.id}"})
+
+
+async def get_book(request: Request) -> Response:
+    _principal(request).require_admin()
+    book_id: str = request.path_params["couponBookId"]
+    if not _UUID.fullmatch(book_id):
+        raise errors.BookNotFound(f"no coupon book {book_id}")
+    return json_response(await _services(request).books.get(book_id))
+
+
+async def upload_codes(request: Request) -> Response:
+    _principal(request).require_admin()
+    services = _services(request)
+    req, _ = await json_body(request, schemas.UploadCodes, services.settings.max_body_bytes)
+    if (req.codes is None) == (req.generate is None):
+        raise errors.InvalidRequest("send exactly one of codes or generate", field="codes")
+    if req.generate is not None:
+        result = await services.books.generate(req.couponBookId, req.generate.pattern,
+                                               req.generate.count)
+    else:
+        assert req.codes is not None
+        result = await services.books.upload(req.couponBookId, req.codes)
+    return json_response(result)
+
+
+async def assign_random(request: Request) -> Response:
+    principal = _principal(request)
+    req, body = await json_body(request, schemas.AssignRandom)
+    outcome = await _services(request).coupons.assign_random(
+        principal, req.couponBookId, req.userId, _idempotency(request, principal, body))
+    return json_response(outcome.coupon, headers=_replayed(outcome.replayed))
+
+
+async def assign_code(request: Request) -> Response:
+    principal = _principal(request)
+    code = _path_code(request)
+    req, body = await json_body(request, schemas.AssignCode)
+    outcome = await _services(request).coupons.assign_code(
+        principal, code, req.userId, req.couponBookId, _idempotency(request, principal, body))
+    return json_response(outcome.coupon, headers=_replayed(outcome.replayed))
+
+
+async def lock_code(request: Request) -> Response:
+    principal = _principal(request)
+    code = _path_code(request)
+    req, _ = await json_body(request, schemas.Lock)
+    result = await _services(request).coupons.lock(principal, code, req.userId, req.ttlSeconds)
+    return json_response(result)
+
+
+async def unlock_code(request: Request) -> Response:
+    principal = _principal(request)
+    code = _path_code(request)
+    req, _ = await json_body(request, schemas.Unlock)
+    coupon = await _services(request).coupons.unlock(principal, code, req.userId, req.lockToken)
+    return json_response(coupon)
+
+
+async def redeem_code(request: Request) -> Response:
+    principal = _principal(request)
+    code = _path_code(request)
+    req, body = await json_body(request, schemas.Redeem)
+    redemption, replayed = await _services(request).coupons.redeem(
+        principal, code, req.userId, req.lockToken, _idempotency(request, principal, body))
+    return json_response(redemption, headers=_replayed(replayed))
+
+
+async def list_user_coupons(request: Request) -> Response:
+    principal = _principal(request)
+    user_id: str = request.path_params["userId"]
+    if not _USER.fullmatch(user_id):
+        raise errors.InvalidRequest("userId must be 1-128 of A-Z a-z 0-9 . _ @ + : -",
+                                    field="userId")
+    book_id = request.query_params.get("couponBookId")
+    if book_id is not None and not _UUID.fullmatch(book_id):
+        raise errors.InvalidRequest("couponBookId must be a book id", field="couponBookId")
+    limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    page = await _services(request).coupons.list_for_user(
+        principal, user_id, book_id, limit, request.query_params.get("cursor"))
+    headers = None
+    if page.next_cursor is not None:
+        next_url = request.url.include_query_params(cursor=page.next_cursor, limit=limit)
+        headers = {"Link": f'<{next_url}>; rel="next"'}
+    return json_response(page.coupons, headers=headers)
+
+
+async def healthz(_: Request) -> Response:
+    return json_response(schemas.Health(status="ok"))
+
+
+async def readyz(request: Request) -> Response:
+    checks = await _services(request).readiness()
+    ready = all(state == "ok" for state in checks.values())
+    health = schemas.Health(status="ok" if ready else "unavailable", checks=checks)
+    return json_response(health, 200 if ready else 503,
+                         None if ready else {"Retry-After": "1"})
+
+
+async def openapi(request: Request) -> Response:
+    return Response(_services(request).openapi, media_type="application/json")
+
+
+# --- the route table ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    endpoint: Endpoint
+    operation_id: str
+    summary: str
+    tag: str
+    request: type[Any] | None = None
+    # status -> (description, response type or None)
+    responses: dict[int, tuple[str, Any]] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    auth: bool = True
+    idempotent: bool = False
+    query: tuple[tuple[str, str, type[Any]], ...] = ()
+
+
+_WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 415, 503)
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("POST", "/coupons", create_book, "createCouponBook", "Create a coupon book",
+              "coupons", schemas.CreateBook, {201: ("Coupon book created", schemas.Book)},
+              _WRITE_ERRORS),
+    Operation("GET", "/coupons/{couponBookId}", get_book, "getCouponBook",
+              "A coupon book with live counts", "coupons", None,
+              {200: ("The coupon book", schemas.Book)}, (401, 403, 404, 503)),
+    Operation("POST", "/coupons/codes", upload_codes, "uploadCouponCodes",
+              "Upload or generate codes for a coupon book", "coupons", schemas.UploadCodes,
+              {200: ("Codes added and refused", schemas.UploadResult)}, _WRITE_ERRORS),
+    Operation("POST", "/coupons/assign", assign_random, "assignRandomCoupon",
+              "Assign a random free code of a book to a user", "coupons", schemas.AssignRandom,
+              {200: ("The assigned code", schemas.Coupon)}, _WRITE_ERRORS, idempotent=True),
+    Operation("POST", "/coupons/assign/{code}", assign_code, "assignSpecificCoupon",
+              "Assign a named code to a user", "coupons", schemas.AssignCode,
+              {200: ("The assigned code", schemas.Coupon)}, _WRITE_ERRORS, idempotent=True),
+    Operation("POST", "/coupons/lock/{code}", lock_code, "lockCoupon",
+              "Lock a code for a while, for its owner's checkout", "coupons", schemas.Lock,
+              {200: ("The lock", schemas.LockResult)}, (*_WRITE_ERRORS, 423)),
+    Operation("POST", "/coupons/unlock/{code}", unlock_code, "unlockCoupon",
+              "Release a lock", "coupons", schemas.Unlock,
+              {200: ("The code, unlocked", schemas.Coupon)}, (*_WRITE_ERRORS, 423)),
+    Operation("POST", "/coupons/redeem/{code}", redeem_code, "redeemCoupon",
+              "Redeem a code", "coupons", schemas.Redeem,
+              {200: ("The redemption", schemas.Redemption)}, (*_WRITE_ERRORS, 423),
+              idempotent=True),
+    Operation("GET", "/users/{userId}/coupons", list_user_coupons, "getUserCoupons",
+              "The codes assigned to a user, a page at a time", "users", None,
+              {200: ("The user's codes; the next page is in the Link header",
+                     list[schemas.Coupon])},
+              (400, 401, 403, 404, 503),
+              query=(("couponBookId", "Only codes of this book", str),
+                     ("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE})", int),
+                     ("cursor", "Where the previous page ended (from its Link header)", str))),
+    Operation("GET", "/healthz", healthz, "health", "Liveness: the process answers",
+              "operations", None, {200: ("Alive", schemas.Health)}, auth=False),
+    Operation("GET", "/readyz", readyz, "ready", "Readiness: the stores answer", "operations",
+              None, {200: ("Ready", schemas.Health), 503: ("Not ready", schemas.Health)},
+              auth=False),
+)
+

@@ -1,0 +1,172 @@
+"""Request and response bodies. Decoding validates; building a Struct does not.
+
+Field names follow the seed API (camelCase). Input and output types are
+separate so a client can never set a field it should only read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+USER_PATTERN = r"^[A-Za-z0-9._@+:-]{1,128}$"
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# '#' stands for one random character; everything else is literal.
+CODE_TEMPLATE_PATTERN = r"^[A-Za-z0-9_#-]{1,64}$"
+
+Code = Annotated[str, Meta(pattern=CODE_PATTERN, description="1-64 of A-Z a-z 0-9 _ -")]
+UserId = Annotated[str, Meta(pattern=USER_PATTERN, description="1-128 of A-Z a-z 0-9 . _ @ + : -")]
+BookId = Annotated[str, Meta(pattern=UUID_PATTERN, description="The book's id (a lower-case UUID)")]
+CodeTemplate = Annotated[
+    str,
+    Meta(pattern=CODE_TEMPLATE_PATTERN,
+         description="'#' is a random character of 23456789ABCDEFGHJKLMNPQRSTUVWXYZ"),
+]
+Timestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 date-time with offset")]
+PositiveInt = Annotated[int, Meta(ge=1, le=1_000_000_000)]
+TtlSeconds = Annotated[int, Meta(ge=1, le=86_400)]
+LockToken = Annotated[str, Meta(min_length=1, max_length=128)]
+Status = Literal["assigned", "locked", "redeemed"]
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Every request body: unknown fields are an error, not silently dropped."""
+
+
+class Out(msgspec.Struct, omit_defaults=True):
+    """Every response body."""
+
+
+# --- requests --------------------------------------------------------------
+
+
+class CreateBook(Base):
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    description: Annotated[str, Meta(max_length=2000)] = ""
+    multipleRedeemsAllowed: bool = False
+    maxRedeemsPerCode: PositiveInt | None = None
+    maxPerUser: PositiveInt | None = None
+    lockTtlSeconds: TtlSeconds = 300
+    validFrom: Timestamp | None = None
+    validUntil: Timestamp | None = None
+    initialCouponAmount: Annotated[int, Meta(ge=0)] = 0
+    codePattern: CodeTemplate | None = None
+
+
+class Generate(Base):
+    pattern: CodeTemplate
+    count: Annotated[int, Meta(ge=1)]
+
+
+class UploadCodes(Base):
+    couponBookId: BookId
+    # Items are checked one by one so that one bad code is reported, not fatal.
+    codes: list[str] | None = None
+    generate: Generate | None = None
+
+
+class AssignRandom(Base):
+    userId: UserId
+    couponBookId: BookId
+
+
+class AssignCode(Base):
+    userId: UserId
+    couponBookId: BookId | None = None
+
+
+class Lock(Base):
+    userId: UserId
+    ttlSeconds: TtlSeconds | None = None
+
+
+class Unlock(Base):
+    userId: UserId
+    lockToken: LockToken
+
+
+class Redeem(Base):
+    userId: UserId
+    lockToken: LockToken | None = None
+
+
+# --- responses -------------------------------------------------------------
+
+
+class BookCounts(Out):
+    total: int
+    available: int
+    assigned: int
+    locked: int
+    redeemed: int
+
+
+class Book(Out):
+    id: str
+    name: str
+    description: str
+    multipleRedeemsAllowed: bool
+    lockTtlSeconds: int
+    createdAt: datetime
+    updatedAt: datetime
+    counts: BookCounts
+    maxRedeemsPerCode: int | None = None
+    maxPerUser: int | None = None
+    validFrom: datetime | None = None
+    validUntil: datetime | None = None
+
+
+class Refused(Out):
+    duplicates: list[str]
+    inOtherBook: list[str]
+    invalid: list[str]
+
+
+class UploadResult(Out):
+    couponBookId: str
+    added: int
+    refusedCount: int
+    refused: Refused
+    # Generated uploads list the new codes so the caller can distribute them.
+    codes: list[str] | None = None
+
+
+class Coupon(Out):
+    """A code as its owner sees it (the seed's CouponCode)."""
+
+    code: str
+    couponBookId: str
+    assignedTo: str
+    status: Status
+    locked: bool
+    timesRedeemed: int
+    assignedAt: datetime
+    lockedUntil: datetime | None = None
+    lastRedeemedAt: datetime | None = None
+
+
+class LockResult(Out):
+    code: str
+    couponBookId: str
+    assignedTo: str
+    lockToken: str
+    lockedUntil: datetime
+
+
+class Redemption(Out):
+    code: str
+    couponBookId: str
+    assignedTo: str
+    timesRedeemed: int
+    redeemedAt: datetime
+    # null when the book allows unlimited redemptions
+    redemptionsLeft: int | None
+
+
+class Health(Out):
+    status: str
+    checks: dict[str, str] | None = None

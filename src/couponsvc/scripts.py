@@ -1,0 +1,91 @@
+"""The Lua scripts: read from the package, registered once, called by SHA.
+
+Each operation is one file in `lua/`; `_prelude.lua` (shared helpers) is
+prepended to every one of them. redis-py's `AsyncScript` calls EVALSHA and, on
+NOSCRIPT (a restarted or failed-over Redis), loads the script and retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from couponsvc.types import ScriptReply
+
+PRELUDE = "_prelude"
+NAMES = (
+    "create_book",
+    "claim_codes",
+    "add_codes",
+    "assign_random",
+    "assign_code",
+    "lock",
+    "unlock",
+    "redeem",
+    "read_book",
+    "list_user_codes",
+)
+
+
+def _lua_dir() -> Traversable:
+    # In a wheel the scripts are couponsvc/lua/; in a source checkout (an
+    # editable install) they are the repository's top-level lua/ folder.
+    packaged = resources.files("couponsvc") / "lua"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "lua"
+
+
+@cache
+def source(name: str) -> str:
+    """The full text sent to Redis for one script: prelude, then the operation."""
+    folder = _lua_dir()
+    prelude = (folder / f"{PRELUDE}.lua").read_text()
+    return prelude + "\n" + (folder / f"{name}.lua").read_text()
+
+
+class Scripts:
+    """All scripts bound to one client; call them as `await scripts.run(name, keys, args)`."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(source(name)) for name in NAMES
+        }
+        self._redis = redis
+
+    async def load(self) -> None:
+        """Registers every script with the server (start-up, not the hot path)."""
+        for script in self._scripts.values():
+            script.sha = await self._redis.script_load(script.script)
+
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> ScriptReply:
+        reply: ScriptReply = await self._scripts[name](keys=keys, args=args)
+        return reply
+
+    async def run_many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Runs one script many times in one pipelined round trip (bulk loads)."""
+        try:
+            return await self._pipelined(name, calls)
+        except NoScriptError:  # the server lost its script cache (restart, failover)
+            await self.load()
+            return await self._pipelined(name, calls)
+
+    async def _pipelined(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        sha = self._scripts[name].sha
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            replies: list[Any] = await pipe.execute()
+        return replies

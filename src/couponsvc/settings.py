@@ -1,0 +1,109 @@
+"""Configuration: one frozen object, read from the environment once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+MIN_SECRET_BYTES = 32
+# Used only when COUPONSVC_ENV=dev and no secret is given; never valid elsewhere.
+DEV_SECRET = "dev-only-secret-do-not-use-in-production"
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a runnable service."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    env: str = "prod"
+    jwt_secret: str = field(default="", repr=False)
+    jwt_public_key: str = field(default="", repr=False)
+    jwt_algorithm: str = "HS256"
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    key_prefix: str = "cb"
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_upload_codes: int = 1_000_000
+    idempotency_ttl_seconds: int = 24 * 3600
+    redis_timeout_seconds: float = 2.0
+
+    @property
+    def dev(self) -> bool:
+        return self.env == "dev"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str, default: str = "") -> str:
+            return env.get(f"COUPONSVC_{name}", default).strip()
+
+        defaults = cls()
+        public_key = get("JWT_PUBLIC_KEY")
+        dev = get("ENV", defaults.env) == "dev"
+        secret = get("JWT_SECRET") or (DEV_SECRET if dev and not public_key else "")
+        settings = cls(
+            redis_url=get("REDIS_URL", defaults.redis_url),
+            host=get("HOST", defaults.host),
+            port=_int(get("PORT", str(defaults.port)), "COUPONSVC_PORT"),
+            env=get("ENV", defaults.env),
+            jwt_secret=secret,
+            jwt_public_key=public_key,
+            jwt_algorithm=get("JWT_ALGORITHM", _default_algorithm(public_key)),
+            jwt_audience=get("JWT_AUDIENCE") or None,
+            jwt_issuer=get("JWT_ISSUER") or None,
+            key_prefix=get("KEY_PREFIX", defaults.key_prefix),
+            max_body_bytes=_int(get("MAX_BODY_BYTES", str(defaults.max_body_bytes)),
+                                "COUPONSVC_MAX_BODY_BYTES"),
+            max_upload_codes=_int(get("MAX_UPLOAD_CODES", str(defaults.max_upload_codes)),
+                                  "COUPONSVC_MAX_UPLOAD_CODES"),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse to run with a key that anyone could guess, outside dev mode."""
+        if not self.key_prefix or any(c in self.key_prefix for c in "{}: "):
+            raise SettingsError("COUPONSVC_KEY_PREFIX must be non-empty, without {, }, : or spaces")
+        if self.jwt_public_key:
+            if self.jwt_algorithm not in ("RS256", "ES256"):
+                raise SettingsError(
+                    "COUPONSVC_JWT_ALGORITHM must be RS256 or ES256 with a public key")
+            return
+        if self.jwt_algorithm != "HS256":
+            raise SettingsError(
+                "COUPONSVC_JWT_ALGORITHM other than HS256 needs COUPONSVC_JWT_PUBLIC_KEY")
+        weak = len(self.jwt_secret.encode()) < MIN_SECRET_BYTES or self.jwt_secret == DEV_SECRET
+        if weak and not self.dev:
+            raise SettingsError(
+                f"COUPONSVC_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes "
+                "(or set COUPONSVC_ENV=dev for local use)"
+            )
+
+
+def _default_algorithm(public_key: str) -> str:
+    if not public_key:
+        return "HS256"
+    return "ES256" if "EC PUBLIC KEY" in public_key or _looks_like_ec(public_key) else "RS256"
+
+
+def _looks_like_ec(pem: str) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        return isinstance(load_pem_public_key(pem.encode()), ec.EllipticCurvePublicKey)
+    except ValueError as exc:
+        raise SettingsError(f"COUPONSVC_JWT_PUBLIC_KEY is not a PEM public key: {exc}") from exc
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {value!r}") from None

@@ -1,0 +1,163 @@
+"""What the service layer shares: the Redis client, scripts, keys, look-ups,
+and the translation of script replies into values and domain errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from couponsvc import errors
+from couponsvc.auth import Principal
+from couponsvc.keys import BookKeys, Keys
+from couponsvc.schemas import Coupon, Status
+from couponsvc.scripts import Scripts
+from couponsvc.settings import Settings
+from couponsvc.types import ScriptReply
+
+# Fields of one code view as the scripts return it (see code_view in _prelude.lua).
+VIEW_LEN = 8
+# Book numbers of codes and ids never change, so look-ups are cached; the
+# cache is simply emptied when full, which keeps it bounded and O(1).
+CACHE_LIMIT = 200_000
+
+
+def ms_to_datetime(ms: int | str) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+
+
+def optional_datetime(ms: int | str) -> datetime | None:
+    return ms_to_datetime(ms) if int(ms) else None
+
+
+def parse_view(reply: Sequence[Any], at: int, book_id: str) -> Coupon:
+    code, owner, assigned_at, times, last, lock_until, status, _version = reply[at:at + VIEW_LEN]
+    locked_until = optional_datetime(lock_until)
+    return Coupon(
+        code=str(code),
+        couponBookId=book_id,
+        assignedTo=str(owner),
+        status=_status(status),
+        locked=locked_until is not None,
+        timesRedeemed=int(times),
+        assignedAt=ms_to_datetime(assigned_at),
+        lockedUntil=locked_until,
+        lastRedeemedAt=optional_datetime(last),
+    )
+
+
+def _status(value: object) -> Status:
+    if value == "locked":
+        return "locked"
+    if value == "redeemed":
+        return "redeemed"
+    return "assigned"
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A book found by id or through a code."""
+
+    number: int
+    id: str
+    keys: BookKeys
+
+
+class Store:
+    def __init__(self, redis: Redis, scripts: Scripts, settings: Settings) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self._number_by_id: dict[str, int] = {}
+        self._id_by_number: dict[int, str] = {}
+        self._number_by_code: dict[str, int] = {}
+
+    async def book(self, book_id: str) -> Located:
+        number = self._number_by_id.get(book_id)
+        if number is None:
+            raw = await self.redis.hget(self.keys.books, book_id)
+            if raw is None:
+                raise errors.BookNotFound(f"no coupon book {book_id}")
+            number = int(raw)
+            _remember(self._number_by_id, book_id, number)
+        return Located(number, book_id, self.keys.book(number))
+
+    async def book_of_code(self, code: str) -> Located:
+        number = self._number_by_code.get(code)
+        if number is None:
+            raw = await self.redis.hget(self.keys.directory(code), code)
+            if raw is None:
+                raise errors.CodeNotFound(_unknown_code(code))
+            number = int(raw)
+            _remember(self._number_by_code, code, number)
+        return Located(number, await self.book_id(number), self.keys.book(number))
+
+    async def book_id(self, number: int) -> str:
+        book_id = self._id_by_number.get(number)
+        if book_id is None:
+            raw = await self.redis.hget(self.keys.book(number).meta, "id")
+            if raw is None:
+                raise errors.BookNotFound(f"no coupon book number {number}")
+            book_id = str(raw)
+            _remember(self._id_by_number, number, book_id)
+        return book_id
+
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> ScriptReply:
+        return await self.scripts.run(name, keys, args)
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
+def _unknown_code(code: str) -> str:
+    return f"no coupon code {code} for this caller"
+
+
+def raise_for(reply: ScriptReply, code: str, principal: Principal, action: str) -> None:
+    """Turns a script's error status into the domain error a client sees.
+
+    An end user (no write scope) gets the same 404 for an unknown code and for
+    another user's code, so codes cannot be probed.
+    """
+    status = reply[0]
+    if status in ("ok", "replayed"):
+        return
+    hide = not principal.acts_for_anyone
+    if status in ("not_owner", "not_assigned", "code_not_found") and hide:
+        raise errors.CodeNotFound(_unknown_code(code))
+    match status:
+        case "book_not_found":
+            raise errors.BookNotFound("the code's book no longer exists")
+        case "code_not_found":
+            raise errors.CodeNotFound(_unknown_code(code))
+        case "not_owner" if action == "assign":
+            raise errors.CodeAlreadyAssigned(f"{code} is assigned to another user")
+        case "not_owner" | "not_assigned":
+            raise errors.CodeNotAssigned(f"{code} is not assigned to this user; {action} refused")
+        case "book_not_active":
+            raise errors.BookNotActive(f"the book is outside its validity window; {action} refused")
+        case "user_limit_reached":
+            raise errors.UserLimitReached(f"the user already has {reply[1]} codes of this book")
+        case "book_exhausted":
+            raise errors.BookExhausted("every code of this book is already assigned")
+        case "locked":
+            until = ms_to_datetime(reply[1])
+            retry = max(1, -(-(int(reply[1]) - int(datetime.now(UTC).timestamp() * 1000)) // 1000))
+            stamp = until.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            raise errors.CodeLocked(f"{code} is locked until {stamp}",
+                                    locked_until=stamp, retry_after=retry)
+        case "redeemed":
+            raise errors.CodeRedeemed(f"{code} was redeemed {reply[1]} time(s) and has none left")
+        case "not_locked":
+            raise errors.NotLocked(f"{code} is not locked")
+        case "idempotency_mismatch":
+            raise errors.IdempotencyKeyReused(
+                "this Idempotency-Key was already used with a different request")
+    raise RuntimeError(f"unexpected script status {status!r}")
