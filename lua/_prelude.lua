@@ -53,6 +53,13 @@ local function emit(stream, kind, book_id, code, user, at, version, ...)
     'user', user, 'at', at, 'v', version, ...)
 end
 
+-- An event about one code carries the code's whole state after the change, so
+-- the writer can apply events idempotently and in any order (highest v wins).
+local function emit_code(stream, kind, book_id, code, a, at, ...)
+  emit(stream, kind, book_id, code, a.owner, at, a.v,
+    'assignedAt', a.at, 'times', a.times, 'last', a.last, ...)
+end
+
 -- Idempotency: the stored result of an earlier call with this key, a
 -- mismatch marker when the key was used with another request, or nil.
 local function idem_replay(key, fingerprint)

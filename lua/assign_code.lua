@@ -26,7 +26,7 @@ a = {owner = user, at = now, times = 0, last = 0, v = 1}
 write_assignment(KEYS[3], code, a)
 redis.call('ZADD', KEYS[4], 0, code)
 redis.call('HINCRBY', KEYS[1], 'assigned', 1)
-emit(KEYS[6], 'assigned', m[1], code, user, now, a.v)
+emit_code(KEYS[6], 'assigned', m[1], code, a, now)
 local result = reply('ok', code_view(code, a, 0, limit))
 idem_store(KEYS[7], ARGV[3], ARGV[4], result)
 return result

@@ -27,7 +27,7 @@ local function record_expiry(other, o)
   if not o then return end
   o.v = o.v + 1
   if other ~= code then write_assignment(KEYS[2], other, o) end
-  emit(KEYS[5], 'lock_expired', m[1], other, o.owner, now, o.v)
+  emit_code(KEYS[5], 'lock_expired', m[1], other, o, now)
 end
 if redis.call('ZSCORE', KEYS[4], code) then record_expiry(code, a) end
 for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 16)) do
@@ -38,5 +38,5 @@ local until_ms = now + ttl
 a.v = a.v + 1
 write_assignment(KEYS[2], code, a)
 redis.call('ZADD', KEYS[4], until_ms, code)
-emit(KEYS[5], 'locked', m[1], code, user, now, a.v, 'until', until_ms)
+emit_code(KEYS[5], 'locked', m[1], code, a, now, 'until', until_ms)
 return reply('ok', code_view(code, a, until_ms, limit), token)

@@ -29,7 +29,7 @@ a.v = a.v + 1
 write_assignment(KEYS[2], code, a)
 redis.call('HINCRBY', KEYS[1], 'redeemed', 1)
 redis.call('HSET', KEYS[1], 'updatedAt', now)
-emit(KEYS[5], 'redeemed', m[1], code, user, now, a.v, 'times', a.times)
+emit_code(KEYS[5], 'redeemed', m[1], code, a, now)
 local left = -1
 if limit >= 0 then left = limit - a.times end
 local result = reply('ok', code_view(code, a, 0, limit), left)

@@ -17,5 +17,5 @@ redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[4], code)
 a.v = a.v + 1
 write_assignment(KEYS[2], code, a)
-emit(KEYS[5], 'unlocked', m[1], code, user, now, a.v)
+emit_code(KEYS[5], 'unlocked', m[1], code, a, now)
 return reply('ok', code_view(code, a, 0, redeem_limit(m[2], m[3])))
