@@ -7,17 +7,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from couponsvc import openapi
+from couponsvc import db, openapi
 from couponsvc.auth import TokenVerifier
 from couponsvc.books import Books
 from couponsvc.coupons import Coupons
 from couponsvc.errors import exception_handlers
+from couponsvc.metrics import ApiMetrics, TimingMiddleware
+from couponsvc.records import Records
 from couponsvc.routes import OPERATIONS
+from couponsvc.routes import metrics as metrics_endpoint
 from couponsvc.routes import openapi as openapi_endpoint
 from couponsvc.scripts import Scripts
 from couponsvc.services import Services
@@ -45,9 +50,16 @@ def connect_redis(settings: Settings) -> Redis:
 def create_app(settings: Settings) -> Starlette:
     document = openapi.encoded(OPERATIONS)
 
+    registry = CollectorRegistry()
+    metrics = ApiMetrics(registry)
+
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[State]:
         redis = connect_redis(settings)
+        pool = await db.connect(settings.database_url, min_size=0) \
+            if settings.database_url else None
+        if pool is None:
+            log.warning("no COUPONSVC_DATABASE_URL: running without a durable record")
         try:
             scripts = Scripts(redis)
             try:
@@ -56,17 +68,31 @@ def create_app(settings: Settings) -> Starlette:
                 # Not fatal: a script missing on the server is loaded on first use.
                 log.warning("could not register scripts at start-up: %s", exc)
             store = Store(redis, scripts, settings)
+            records = Records(pool) if pool is not None else None
             yield {"services": Services(
                 settings=settings,
                 redis=redis,
+                store=store,
                 verifier=TokenVerifier(settings),
-                books=Books(store),
+                books=Books(store, records),
                 coupons=Coupons(store),
+                records=records,
                 openapi=document,
+                registry=registry,
+                metrics=metrics,
             )}
         finally:
             await redis.aclose()
+            if pool is not None:
+                await pool.close()
 
     routes = [Route(op.path, op.endpoint, methods=[op.method]) for op in OPERATIONS]
     routes.append(Route("/openapi.json", openapi_endpoint, methods=["GET"]))
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers())
+    routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=exception_handlers(),
+        middleware=[Middleware(TimingMiddleware, metrics=metrics,
+                               templates={route.endpoint: route.path for route in routes})],
+    )

@@ -6,10 +6,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from couponsvc import codes as coderules
 from couponsvc import errors
 from couponsvc.keys import directory_bucket
+from couponsvc.records import BookRow, Records
 from couponsvc.schemas import Book, BookCounts, CreateBook, Refused, UploadResult
 from couponsvc.store import Located, Store, ms_to_datetime, optional_datetime
 
@@ -40,8 +42,12 @@ class _Outcome:
 
 
 class Books:
-    def __init__(self, store: Store) -> None:
+    """Admin operations. With `records` (Postgres), every write lands there
+    first, so an answered admin call is durable; without, Redis only."""
+
+    def __init__(self, store: Store, records: Records | None = None) -> None:
         self.store = store
+        self.records = records
 
     async def create(self, req: CreateBook) -> Book:
         _check_settings(req)
@@ -66,6 +72,8 @@ class Books:
         for name, moment in (("validFrom", req.validFrom), ("validUntil", req.validUntil)):
             if moment is not None:
                 fields[name] = int(moment.timestamp() * 1000)
+        if self.records is not None:
+            await self.records.insert_book(_book_row(book, req))
         args = [book.id, *(item for pair in fields.items() for item in pair)]
         await store.run("create_book", [book.keys.meta, book.keys.events], args)
         await store.redis.hset(store.keys.books, book.id, number)
@@ -115,6 +123,10 @@ class Books:
                 code = str(raw)
                 seen.add(code)
                 candidates.append(code)
+        if self.records is not None:
+            claims = await self.records.claim_codes(book.id, candidates)
+            outcome.in_other_book.extend(claims.elsewhere)
+            candidates = claims.mine
         claimed = await self._claim(book, candidates, outcome.in_other_book)
         await self._add(book, claimed, outcome)
         return outcome.result(book.id)
@@ -133,6 +145,8 @@ class Books:
                 return outcome.result(book.id, with_codes=True)
             # Codes that collide (taken anywhere) are silently redrawn.
             drawn = coderules.generate(pattern, need)
+            if self.records is not None:
+                drawn = list((await self.records.claim_codes(book.id, drawn)).new)
             fresh = await self._claim(book, drawn, [], only_new=True)
             await self._add(book, fresh, outcome)
         raise errors.Conflict(
@@ -174,6 +188,16 @@ class Books:
                 raise errors.BookNotFound(f"no coupon book {book.id}")
             for code, flag in zip(chunk, str(reply[1]), strict=True):
                 (outcome.added if flag == "a" else outcome.duplicates).append(code)
+
+
+def _book_row(book: Located, req: CreateBook) -> BookRow:
+    return BookRow(
+        id=book.id, num=book.number, name=req.name, description=req.description,
+        multiple_redeems_allowed=req.multipleRedeemsAllowed,
+        max_redeems_per_code=req.maxRedeemsPerCode, max_per_user=req.maxPerUser,
+        lock_ttl_ms=req.lockTtlSeconds * 1000, valid_from=req.validFrom,
+        valid_until=req.validUntil, created_at=datetime.now(UTC),
+    )
 
 
 def _check_settings(req: CreateBook) -> None:

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import asyncpg
 import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -190,6 +191,11 @@ async def _redis_down(_: Request, exc: Exception) -> Response:
     return problem_response(ServiceUnavailable("Redis did not answer; retry shortly"))
 
 
+async def _postgres_down(_: Request, exc: Exception) -> Response:
+    log.warning("postgres unavailable: %s", exc)
+    return problem_response(ServiceUnavailable("Postgres did not answer; retry shortly"))
+
+
 async def _unexpected(_: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
     return problem_response(InternalError("An unexpected error occurred; it has been logged"))
@@ -201,5 +207,10 @@ def exception_handlers() -> dict[Any, ExceptionHandler]:
         HTTPException: _http_error,
         RedisConnectionError: _redis_down,
         RedisTimeoutError: _redis_down,
+        asyncpg.PostgresConnectionError: _postgres_down,
+        asyncpg.InterfaceError: _postgres_down,
+        asyncpg.exceptions.OperatorInterventionError: _postgres_down,
+        ConnectionError: _postgres_down,
+        TimeoutError: _postgres_down,
         Exception: _unexpected,
     }

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,6 +20,7 @@ from couponsvc.http import (
     json_response,
     query_int,
 )
+from couponsvc.outbox_stats import outbox_gauges
 from couponsvc.services import Services
 from couponsvc.types import Endpoint
 
@@ -153,11 +155,21 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    # Ready means the hot path works, i.e. Redis answers. With Postgres down the
+    # service keeps serving (events wait in the outbox): "degraded", still 200.
     checks = await _services(request).readiness()
-    ready = all(state == "ok" for state in checks.values())
-    health = schemas.Health(status="ok" if ready else "unavailable", checks=checks)
+    ready = checks["redis"] == "ok"
+    durable = checks["postgres"] in ("ok", "disabled")
+    status = "unavailable" if not ready else "ok" if durable else "degraded"
+    health = schemas.Health(status=status, checks=checks)
     return json_response(health, 200 if ready else 503,
                          None if ready else {"Retry-After": "1"})
+
+
+async def metrics(request: Request) -> Response:
+    services = _services(request)
+    await outbox_gauges(services.redis, services.store.keys, services.metrics)
+    return Response(generate_latest(services.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:

@@ -18,6 +18,8 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Empty: no durable record (tests and dev only; refused in production).
+    database_url: str = field(default="", repr=False)
     host: str = "127.0.0.1"
     port: int = 8000
     env: str = "prod"
@@ -49,6 +51,7 @@ class Settings:
         secret = get("JWT_SECRET") or (DEV_SECRET if dev and not public_key else "")
         settings = cls(
             redis_url=get("REDIS_URL", defaults.redis_url),
+            database_url=get("DATABASE_URL"),
             host=get("HOST", defaults.host),
             port=_int(get("PORT", str(defaults.port)), "COUPONSVC_PORT"),
             env=get("ENV", defaults.env),
@@ -68,6 +71,8 @@ class Settings:
 
     def validate(self) -> None:
         """Refuse to run with a key that anyone could guess, outside dev mode."""
+        if self.env == "prod" and not self.database_url:
+            raise SettingsError("COUPONSVC_DATABASE_URL is required when COUPONSVC_ENV=prod")
         if not self.key_prefix or any(c in self.key_prefix for c in "{}: "):
             raise SettingsError("COUPONSVC_KEY_PREFIX must be non-empty, without {, }, : or spaces")
         if self.jwt_public_key:

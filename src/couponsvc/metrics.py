@@ -1,0 +1,78 @@
+"""Prometheus metrics, each set on its own registry (no import-time globals)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class WriterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_size = Histogram("couponsvc_writer_batch_events", "Events per applied batch",
+                                    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+                                    registry=registry)
+        self.batch_seconds = Histogram("couponsvc_writer_batch_seconds",
+                                       "Time to apply one batch to Postgres",
+                                       buckets=LATENCY_BUCKETS, registry=registry)
+        self.applied = Counter("couponsvc_writer_events", "Events applied to Postgres",
+                               registry=registry)
+        self.parked = Counter("couponsvc_writer_parked_events",
+                              "Events parked after repeated failures", registry=registry)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+        self.applied.inc(size)
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("couponsvc_http_requests", "HTTP requests by route and status",
+                                ["method", "route", "status"], registry=registry)
+        self.latency = Histogram("couponsvc_http_request_seconds", "HTTP request latency",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.outbox_lag = Gauge("couponsvc_outbox_lag_events",
+                                "Outbox entries not yet delivered to the writer", registry=registry)
+        self.outbox_pending = Gauge("couponsvc_outbox_pending_events",
+                                    "Outbox entries delivered but not yet acknowledged",
+                                    registry=registry)
+        self.outbox_oldest_age = Gauge("couponsvc_outbox_oldest_unacked_seconds",
+                                       "Age of the oldest entry the writer has not acknowledged",
+                                       registry=registry)
+
+
+
+class TimingMiddleware:
+    """Counts requests and their latency by route template and status (pure ASGI:
+    no per-request task or body buffering, unlike BaseHTTPMiddleware)."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, templates: dict[Any, str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.templates = templates  # endpoint -> path template: bounded labels
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = self.templates.get(scope.get("endpoint"), "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)

@@ -1,0 +1,91 @@
+"""Outbox events as the writer sees them, and how they land in Postgres.
+
+The stream fields are documented in docs/redis-keys.md. Events about a code
+carry the code's whole state, so applying them is an upsert guarded by the
+version: the highest version wins, whatever order events arrive in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+GROUP = "writer"
+CODE_EVENTS = frozenset({"assigned", "locked", "unlocked", "lock_expired", "redeemed"})
+_STANDARD = frozenset({"type", "book", "code", "user", "at", "v"})
+
+INSERT_EVENT = (
+    "INSERT INTO events (book_id, stream_id, type, code, user_id, at, version, detail)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) ON CONFLICT DO NOTHING"
+)
+UPSERT_CODE = (
+    "INSERT INTO codes AS c (code, book_id, owner, assigned_at, times_redeemed,"
+    " last_redeemed_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    " ON CONFLICT (code) DO UPDATE SET owner = EXCLUDED.owner,"
+    " assigned_at = EXCLUDED.assigned_at, times_redeemed = EXCLUDED.times_redeemed,"
+    " last_redeemed_at = EXCLUDED.last_redeemed_at, version = EXCLUDED.version"
+    " WHERE c.version < EXCLUDED.version"
+)
+
+
+def ms_datetime(ms: str | int) -> datetime | None:
+    value = int(ms)
+    return datetime.fromtimestamp(value / 1000, tz=UTC) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    stream: str
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def book_id(self) -> str:
+        return self.fields["book"]
+
+    @property
+    def type(self) -> str:
+        return self.fields["type"]
+
+    @property
+    def version(self) -> int:
+        return int(self.fields["v"])
+
+    def fields_json(self) -> str:
+        return msgspec.json.encode(self.fields).decode()
+
+    def event_row(self) -> tuple[Any, ...]:
+        f = self.fields
+        detail = {k: v for k, v in f.items() if k not in _STANDARD}
+        return (f["book"], self.id, f["type"], f.get("code") or None, f.get("user") or None,
+                ms_datetime(f["at"]), int(f["v"]), msgspec.json.encode(detail).decode())
+
+    def code_row(self) -> tuple[Any, ...]:
+        f = self.fields
+        return (f["code"], f["book"], f["user"], ms_datetime(f["assignedAt"]), int(f["times"]),
+                ms_datetime(f["last"]), int(f["v"]))
+
+
+def parse_entries(stream: str, entries: Sequence[Any]) -> list[Event]:
+    """Stream entries as redis-py returns them: (id, {field: value}); deleted ones are None."""
+    return [Event(stream, str(entry_id), dict(fields))
+            for entry_id, fields in entries if fields is not None]
+
+
+async def apply_events(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+    """Applies a batch in one transaction; applying it twice changes nothing."""
+    latest: dict[str, Event] = {}
+    for event in events:
+        if event.type in CODE_EVENTS:
+            seen = latest.get(event.fields["code"])
+            if seen is None or seen.version < event.version:
+                latest[event.fields["code"]] = event
+    async with conn.transaction():
+        await conn.executemany(INSERT_EVENT, [e.event_row() for e in events])
+        if latest:
+            await conn.executemany(UPSERT_CODE, [e.code_row() for e in latest.values()])

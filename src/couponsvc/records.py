@@ -1,0 +1,80 @@
+"""The admin path's synchronous writes to PostgreSQL.
+
+Creating a book and adding codes are rare and cheap next to checkout traffic,
+so they are written to Postgres first (bulk, set-based) and only then to
+Redis: when the admin call answers, its effect is durable. Postgres's primary
+key on `codes.code` is the final word on uniqueness across books.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class BookRow:
+    id: str
+    num: int
+    name: str
+    description: str
+    multiple_redeems_allowed: bool
+    max_redeems_per_code: int | None
+    max_per_user: int | None
+    lock_ttl_ms: int
+    valid_from: datetime | None
+    valid_until: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CodeClaims:
+    """Where each offered code stands in Postgres after an insert."""
+
+    mine: list[str]  # now this book's (new, or already this book's)
+    new: set[str]  # the subset inserted by this call
+    elsewhere: list[str]  # another book's
+
+
+class Records:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def insert_book(self, row: BookRow) -> None:
+        await self.pool.execute(
+            "INSERT INTO books (id, num, name, description, multiple_redeems_allowed,"
+            " max_redeems_per_code, max_per_user, lock_ttl_ms, valid_from, valid_until,"
+            " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            row.id, row.num, row.name, row.description, row.multiple_redeems_allowed,
+            row.max_redeems_per_code, row.max_per_user, row.lock_ttl_ms, row.valid_from,
+            row.valid_until, row.created_at,
+        )
+
+    async def claim_codes(self, book_id: str, codes: Sequence[str]) -> CodeClaims:
+        """Inserts the codes for the book; reports which are its and which another's."""
+        if not codes:
+            return CodeClaims([], set(), [])
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "CREATE TEMP TABLE incoming (code text NOT NULL) ON COMMIT DROP")
+            await conn.copy_records_to_table("incoming", records=((c,) for c in codes),
+                                             columns=["code"])
+            inserted = await conn.fetch(
+                "INSERT INTO codes (code, book_id) SELECT code, $1 FROM incoming"
+                " ON CONFLICT (code) DO NOTHING RETURNING code", book_id)
+            new = {r["code"] for r in inserted}
+            existing: list[Any] = []
+            if len(new) < len(codes):
+                existing = await conn.fetch(
+                    "SELECT c.code, c.book_id::text AS book_id FROM incoming i"
+                    " JOIN codes c USING (code)")
+        others = {r["code"] for r in existing if r["book_id"] != book_id}
+        mine = [c for c in codes if c not in others]
+        return CodeClaims(mine, new, [c for c in codes if c in others])
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")

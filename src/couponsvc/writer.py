@@ -1,0 +1,229 @@
+"""The write-behind writer: drains every book's outbox stream into Postgres.
+
+Each pass reads a batch per stream through one consumer group, applies it in
+one transaction with idempotent statements (events are keyed by their stream
+id; a code's row only moves to a higher version), and only then `XACK`s. So a
+redelivered, reclaimed or out-of-order event changes nothing, and a writer
+killed at any point loses nothing: its unacknowledged entries are reclaimed
+by `XAUTOCLAIM` once idle. Several writers may run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from couponsvc.keys import Keys
+from couponsvc.metrics import WriterMetrics
+from couponsvc.outbox import GROUP, Event, apply_events, parse_entries
+
+log = logging.getLogger("couponsvc.writer")
+
+# Postgres errors that say "not now" rather than "never": retry, do not count.
+TRANSIENT = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+@dataclass
+class WriterConfig:
+    batch_size: int = 1000
+    claim_idle_ms: int = 10_000  # a consumer silent this long is presumed dead
+    max_attempts: int = 5  # then an event is parked in parked_events
+    idle_sleep_s: float = 0.02
+    trim_interval_s: float = 5.0
+    consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+
+class Writer:
+    def __init__(self, redis: Redis, pool: asyncpg.Pool, keys: Keys,
+                 config: WriterConfig | None = None, metrics: WriterMetrics | None = None) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.keys = keys
+        self.config = config or WriterConfig()
+        self.metrics = metrics
+        self._groups: set[str] = set()
+        self._retry_own: set[str] = set()  # streams whose pending entries to read again
+        self._attempts: dict[tuple[str, str], int] = {}
+        self._last_trim = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Drains until `stop` is set; finishes the batch in hand first."""
+        log.info("writer %s started", self.config.consumer)
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                applied = await self.step()
+                backoff = 0.1
+            except (RedisError, *TRANSIENT) as exc:
+                log.warning("writer paused: %s", exc)
+                applied, backoff = 0, min(backoff * 2, 5.0)
+                await _sleep_unless(stop, backoff)
+                continue
+            if applied == 0:
+                await _sleep_unless(stop, self.config.idle_sleep_s)
+        log.info("writer %s stopped", self.config.consumer)
+
+    async def step(self) -> int:
+        """One pass over every book's stream; returns how many events were applied."""
+        numbers = sorted(int(n) for n in await self.redis.hvals(self.keys.books))
+        applied = 0
+        for number in numbers:
+            applied += await self._drain_stream(self.keys.book(number).events)
+        if time.monotonic() - self._last_trim > self.config.trim_interval_s:
+            self._last_trim = time.monotonic()
+            for number in numbers:
+                await trim_acknowledged(self.redis, self.keys.book(number).events)
+        return applied
+
+    async def drain(self, timeout_s: float = 60.0) -> None:
+        """Applies everything now in the streams, reclaiming any pending entry."""
+        deadline = time.monotonic() + timeout_s
+        saved = self.config.claim_idle_ms
+        self.config.claim_idle_ms = 0
+        try:
+            while await self.step() or await self._pending_anywhere():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the outbox did not drain in time")
+        finally:
+            self.config.claim_idle_ms = saved
+
+    async def _pending_anywhere(self) -> bool:
+        for number in await self.redis.hvals(self.keys.books):
+            stream = self.keys.book(int(number)).events
+            if stream in self._groups and (await self.redis.xpending(stream, GROUP))["pending"]:
+                return True
+        return False
+
+    async def _drain_stream(self, stream: str) -> int:
+        await self._ensure_group(stream)
+        cfg = self.config
+        entries: list[Any] = []
+        if stream in self._retry_own:
+            # Our own unacknowledged entries, after a failed attempt.
+            entries = _entries_of(await self.redis.xreadgroup(
+                GROUP, cfg.consumer, {stream: "0"}, count=cfg.batch_size))
+            if not entries:
+                self._retry_own.discard(stream)
+        if not entries:
+            claimed = await self.redis.xautoclaim(stream, GROUP, cfg.consumer,
+                                                  cfg.claim_idle_ms, "0-0", count=cfg.batch_size)
+            entries = list(claimed[1])
+        if not entries:
+            entries = _entries_of(await self.redis.xreadgroup(
+                GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size))
+        events = parse_entries(stream, entries)
+        if not events:
+            return 0
+        self._retry_own.add(stream)  # until this batch is acknowledged
+        await self._apply(stream, events)
+        self._retry_own.discard(stream)
+        return len(events)
+
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    async def _apply(self, stream: str, events: Sequence[Event]) -> None:
+        started = time.perf_counter()
+        try:
+            async with self.pool.acquire() as conn:
+                await apply_events(conn, events)
+        except TRANSIENT:
+            raise
+        except asyncpg.PostgresError as exc:
+            log.error("batch of %d from %s failed (%s); applying one by one",
+                      len(events), stream, exc)
+            await self._apply_one_by_one(stream, events)
+            return
+        await self.redis.xack(stream, GROUP, *(e.id for e in events))
+        if self.metrics is not None:
+            self.metrics.observe_batch(len(events), time.perf_counter() - started)
+
+    async def _apply_one_by_one(self, stream: str, events: Sequence[Event]) -> None:
+        for event in events:
+            try:
+                async with self.pool.acquire() as conn:
+                    await apply_events(conn, [event])
+            except TRANSIENT:
+                raise
+            except asyncpg.PostgresError as exc:
+                key = (stream, event.id)
+                self._attempts[key] = attempts = self._attempts.get(key, 0) + 1
+                if attempts < self.config.max_attempts:
+                    continue  # stays pending; retried on a later pass
+                await self._park(event, str(exc), attempts)
+                self._attempts.pop(key, None)
+            await self.redis.xack(stream, GROUP, event.id)
+
+    async def _park(self, event: Event, error: str, attempts: int) -> None:
+        log.error("parking event %s of %s after %d attempts: %s",
+                  event.id, event.stream, attempts, error)
+        await self.pool.execute(
+            "INSERT INTO parked_events (book_id, stream_id, fields, error, attempts)"
+            " VALUES ($1, $2, $3::jsonb, $4, $5) ON CONFLICT DO NOTHING",
+            event.book_id, event.id, event.fields_json(), error, attempts)
+        if self.metrics is not None:
+            self.metrics.parked.inc()
+
+
+async def trim_acknowledged(redis: Redis, stream: str) -> None:
+    """Removes the entries every consumer group has acknowledged, and no other."""
+    groups = await redis.xinfo_groups(stream)
+    if not groups:
+        return
+    floor: str | None = None
+    for group in groups:
+        if group["pending"]:
+            summary = await redis.xpending(stream, group["name"])
+            candidate = str(summary["min"])
+        else:
+            ms, _, seq = str(group["last-delivered-id"]).partition("-")
+            candidate = f"{ms}-{int(seq or 0) + 1}"
+        if floor is None or _id_key(candidate) < _id_key(floor):
+            floor = candidate
+    if floor is not None:
+        await redis.xtrim(stream, minid=floor)
+
+
+def _entries_of(reply: Any) -> list[Any]:
+    """The entries of a one-stream XREADGROUP reply (RESP2 list or RESP3 map)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(next(iter(reply.values())))
+    return list(reply[0][1])
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
