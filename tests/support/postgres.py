@@ -86,12 +86,18 @@ class Postgres:
             time.sleep(0.1)
         raise RuntimeError("postgres did not become ready")
 
+    def postmaster_pid(self) -> int:
+        """The server's own PID (runuser, its parent, does not pass on SIGKILL)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def stop(self, sig: int = signal.SIGINT) -> None:
         """SIGINT is PostgreSQL's fast shutdown; SIGKILL simulates a crash."""
         if self.process is None:
             return
-        # runuser forwards signals to its child, the postmaster.
-        self.process.send_signal(sig)
+        try:
+            os.kill(self.postmaster_pid(), sig)
+        except (FileNotFoundError, ProcessLookupError):
+            self.process.send_signal(sig)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
