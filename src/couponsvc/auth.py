@@ -16,6 +16,7 @@ import jwt
 from couponsvc.errors import Forbidden, Unauthorized
 from couponsvc.settings import Settings
 
+TOKEN_CACHE_LIMIT = 10_000
 ADMIN = "coupons:admin"
 WRITE = "coupons:write"
 
@@ -56,8 +57,21 @@ class TokenVerifier:
         required = ["exp", "sub"] + (["aud"] if self._audience else []) \
             + (["iss"] if self._issuer else [])
         self._options: jwt.types.Options = {"require": required}
+        self._cache: dict[str, tuple[Principal, float]] = {}
 
     def verify(self, authorization: str | None) -> Principal:
+        # A token verified once stays valid until its exp: checkout back-ends
+        # send the same token on every request, so skip the signature check.
+        cached = self._cache.get(authorization) if authorization else None
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        principal, expires = self._verify(authorization)
+        if len(self._cache) >= TOKEN_CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[authorization or ""] = (principal, expires)
+        return principal
+
+    def _verify(self, authorization: str | None) -> tuple[Principal, float]:
         if not authorization:
             raise Unauthorized("send Authorization: Bearer <token>")
         scheme, _, token = authorization.partition(" ")
@@ -81,7 +95,7 @@ class TokenVerifier:
             raise Unauthorized("the token's sub claim must be a non-empty string")
         if not isinstance(scope, str):
             raise Unauthorized("the token's scope claim must be a space-separated string")
-        return Principal(sub=sub, scopes=frozenset(scope.split()))
+        return Principal(sub=sub, scopes=frozenset(scope.split())), float(claims["exp"])
 
 
 def issue_token(settings: Settings, sub: str, scope: str = "", ttl_seconds: int = 3600) -> str:

@@ -6,10 +6,12 @@ book, checks who may act, and shapes the reply.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from couponsvc import errors
 from couponsvc.auth import Principal
@@ -51,16 +53,18 @@ class Coupons:
         ttl_ms = self.store.settings.idempotency_ttl_seconds * 1000
         return [book.keys.idempotency(idem.caller, idem.key)], [idem.fingerprint, str(ttl_ms)]
 
-    async def _note_user_book(self, user_id: str, book: Located) -> None:
-        # Written before the assignment so the user's index of books is always a
-        # superset of where they hold codes (lists need no KEYS/SCAN).
-        await self.store.redis.sadd(self.store.keys.user_books(user_id), book.number)
+    def _note_user_book(self, user_id: str, book: Located) -> asyncio.Future[Any]:
+        # Queued before the assignment script (same batch, sent first) so the
+        # user's index of books is a superset of where they hold codes; lists
+        # then need no KEYS/SCAN. Await it after the script.
+        return self.store.scripts.coalescer.submit(
+            "SADD", self.store.keys.user_books(user_id), book.number)
 
     async def assign_random(self, principal: Principal, book_id: str, user_id: str,
                             idem: Idempotency | None) -> Outcome:
         principal.require_user(user_id)
         book = await self.store.book(book_id)
-        await self._note_user_book(user_id, book)
+        noted = self._note_user_book(user_id, book)
         k = book.keys
         idem_keys, idem_args = self._idem_args(book, idem)
         reply = await self.store.run(
@@ -68,6 +72,7 @@ class Coupons:
             [k.meta, k.free, k.assigned, k.user(user_id), k.locks, k.events, *idem_keys],
             [user_id, *idem_args],
         )
+        await noted
         raise_for(reply, "", principal, "assign")
         return Outcome(parse_view(reply, 1, book.id), reply[0] == "replayed")
 
@@ -79,7 +84,7 @@ class Coupons:
             if not principal.acts_for_anyone:
                 raise errors.CodeNotFound(f"no coupon code {code} for this caller")
             raise errors.BookMismatch(f"{code} does not belong to book {book_id}")
-        await self._note_user_book(user_id, book)
+        noted = self._note_user_book(user_id, book)
         k = book.keys
         idem_keys, idem_args = self._idem_args(book, idem)
         reply = await self.store.run(
@@ -87,6 +92,7 @@ class Coupons:
             [k.meta, k.free, k.assigned, k.user(user_id), k.locks, k.events, *idem_keys],
             [code, user_id, *idem_args],
         )
+        await noted
         raise_for(reply, code, principal, "assign")
         return Outcome(parse_view(reply, 1, book.id), reply[0] == "replayed")
 

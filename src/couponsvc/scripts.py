@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from couponsvc.coalesce import Coalescer
 from couponsvc.types import ScriptReply
 
 PRELUDE = "_prelude"
@@ -53,13 +54,18 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    """All scripts bound to one client; call them as `await scripts.run(name, keys, args)`."""
+    """All scripts bound to one client; call them as `await scripts.run(name, keys, args)`.
 
-    def __init__(self, redis: Redis) -> None:
+    Calls go through the auto-pipelining `Coalescer`; a NOSCRIPT reply (a
+    restarted or failed-over Redis) reloads the script and retries once.
+    """
+
+    def __init__(self, redis: Redis, coalescer: Coalescer | None = None) -> None:
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(source(name)) for name in NAMES
         }
         self._redis = redis
+        self.coalescer = coalescer or Coalescer(redis)
 
     async def load(self) -> None:
         """Registers every script with the server (start-up, not the hot path)."""
@@ -67,7 +73,13 @@ class Scripts:
             script.sha = await self._redis.script_load(script.script)
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> ScriptReply:
-        reply: ScriptReply = await self._scripts[name](keys=keys, args=args)
+        script = self._scripts[name]
+        try:
+            reply: ScriptReply = await self.coalescer.execute(
+                "EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            script.sha = await self._redis.script_load(script.script)
+            reply = await self.coalescer.execute("EVALSHA", script.sha, len(keys), *keys, *args)
         return reply
 
     async def run_many(

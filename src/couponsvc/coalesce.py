@@ -1,0 +1,74 @@
+"""Auto-pipelining: the Redis commands that many concurrent requests issue in
+the same event-loop turn go out as one pipelined write and one read.
+
+redis-py sends each command on its own and awaits its reply, which costs more
+client time than the script itself; batching what is already waiting (as
+Node's ioredis does) measured about 3x more script calls per second here.
+Each batch is an ordinary non-transactional redis-py pipeline, so connection
+handling, timeouts and the cluster client's slot routing stay redis-py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+
+# A batch larger than this is sent at once rather than waiting for the turn to end.
+MAX_BATCH = 256
+
+
+class Coalescer:
+    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH) -> None:
+        self._redis = redis
+        self._max_batch = max_batch
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def execute(self, *command: Any) -> Any:
+        """Runs one command in the next batch and returns its reply (or raises its error)."""
+        return await self.submit(*command)
+
+    def submit(self, *command: Any) -> asyncio.Future[Any]:
+        """Queues a command now; commands of one batch are sent in the order queued."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((command, future))
+        if len(self._queue) >= self._max_batch:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        task = asyncio.create_task(self._send(batch))
+        self._in_flight.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for command, _ in batch:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the whole batch failed: every caller sees why
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # the caller was cancelled meanwhile
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
