@@ -10,15 +10,17 @@ local code, user = ARGV[1], ARGV[2]
 local m = redis.call('HMGET', KEYS[1], 'id', 'validFrom', 'validUntil', 'maxPerUser',
   'multipleRedeemsAllowed', 'maxRedeemsPerCode')
 if not m[1] then return {'book_not_found'} end
+-- Ownership before the validity window, so that an end user learns nothing
+-- about other users' codes from the status.
+local a = read_assignment(KEYS[3], code)
+if a and a.owner ~= user then return {'not_owner'} end
+if not a and redis.call('SISMEMBER', KEYS[2], code) == 0 then return {'code_not_found'} end
 local now = now_ms()
 if outside_window(m[2], m[3], now) then return {'book_not_active'} end
 local limit = redeem_limit(m[5], m[6])
-local a = read_assignment(KEYS[3], code)
 if a then
-  if a.owner ~= user then return {'not_owner'} end
   return reply('ok', code_view(code, a, locked_until(KEYS[5], code, now), limit))
 end
-if redis.call('SISMEMBER', KEYS[2], code) == 0 then return {'code_not_found'} end
 local cap = tonumber(m[4])
 if cap and redis.call('ZCARD', KEYS[4]) >= cap then return {'user_limit_reached', cap} end
 redis.call('SREM', KEYS[2], code)

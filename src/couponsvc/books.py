@@ -20,6 +20,8 @@ ADD_CHUNK = 5000
 CLAIM_CALLS_PER_ROUND = 2000
 # Rounds of redrawing colliding generated codes before giving up.
 GENERATE_ROUNDS = 20
+# Book numbers tried before giving up (a lost book-seq is skipped past one by one).
+NUMBER_ATTEMPTS = 1000
 
 
 @dataclass
@@ -55,9 +57,9 @@ class Books:
         if req.initialCouponAmount:
             self._check_count(req.initialCouponAmount, "initialCouponAmount")
             coderules.check_pattern(pattern, req.initialCouponAmount, "codePattern")
+        book = await self._new_book()
         store = self.store
-        number = int(await store.redis.incr(store.keys.book_seq))
-        book = Located(number, str(uuid.uuid4()), store.keys.book(number))
+        number = book.number
         fields: dict[str, str | int] = {
             "num": number,
             "name": req.name,
@@ -75,11 +77,24 @@ class Books:
         if self.records is not None:
             await self.records.insert_book(_book_row(book, req))
         args = [book.id, *(item for pair in fields.items() for item in pair)]
-        await store.run("create_book", [book.keys.meta, book.keys.events], args)
+        reply = await store.run("create_book", [book.keys.meta, book.keys.events], args)
+        if reply[0] != "ok":
+            raise errors.Conflict(f"book number {number} was taken meanwhile; retry")
         await store.redis.hset(store.keys.books, book.id, number)
         if req.initialCouponAmount:
             await self._generate(book, pattern, req.initialCouponAmount)
         return await self.get(book.id)
+
+    async def _new_book(self) -> Located:
+        """A fresh id and an unused book number. Numbers come from INCR, so two
+        creators never share one; a sequence that fell behind (a Redis restored
+        without it) is skipped past rather than trusted."""
+        store = self.store
+        for _ in range(NUMBER_ATTEMPTS):
+            number = int(await store.redis.incr(store.keys.book_seq))
+            if not await store.redis.exists(store.keys.book(number).meta):
+                return Located(number, str(uuid.uuid4()), store.keys.book(number))
+        raise errors.Conflict("could not find an unused book number; run couponsvc rebuild")
 
     async def get(self, book_id: str) -> Book:
         book = await self.store.book(book_id)
