@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help venv deps run test check lint typecheck pytest clean
+.PHONY: help venv deps run test check lint typecheck deploy-check pytest clean
 
 help:
 	@echo "make run    set up and serve the API on a local Redis"
@@ -29,7 +29,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-check: lint typecheck
+deploy-check: venv
+	PYTHON=$(BIN)/python scripts/check-deploy.sh
+
+check: lint typecheck deploy-check
 
 pytest: venv deps
 	$(BIN)/pytest
