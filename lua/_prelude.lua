@@ -39,12 +39,18 @@ local function locked_until(locks_key, code, now)
   return 0
 end
 
--- What a client sees of an assigned code, in the order scripts.py parses it.
-local function code_view(code, a, lock_until, limit)
+-- When a live lock expires: the locks zset holds the exact moment it was set
+-- for; PTTL is the fallback (and 1 ms coarser).
+local function live_lock_until(locks_key, lock_key, code, now)
+  return tonumber(redis.call('ZSCORE', locks_key, code)) or now + redis.call('PTTL', lock_key)
+end
+
+-- What a client sees of an assigned code, in the order store.py parses it.
+local function code_view(book_id, code, a, lock_until, limit)
   local status = 'assigned'
   if limit >= 0 and a.times >= limit then status = 'redeemed'
   elseif lock_until > 0 then status = 'locked' end
-  return {code, a.owner, a.at, a.times, a.last, lock_until, status, a.v}
+  return {book_id, code, a.owner, a.at, a.times, a.last, lock_until, status, a.v}
 end
 
 -- Appends one outbox event; every state change calls this exactly once.

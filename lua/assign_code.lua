@@ -2,14 +2,16 @@
 -- returns the existing assignment and changes nothing.
 -- KEYS[1] meta hash  KEYS[2] free set  KEYS[3] assigned hash  KEYS[4] user's zset
 -- KEYS[5] locks zset KEYS[6] events stream  KEYS[7] idempotency list (optional)
--- ARGV[1] code  ARGV[2] user id  ARGV[3] request fingerprint  ARGV[4] idempotency ttl (ms)
+-- ARGV[1] code  ARGV[2] user id  ARGV[3] the book id the caller expects ('' for any)
+-- ARGV[4] request fingerprint  ARGV[5] idempotency ttl (ms)
 -- Returns {'ok'|'replayed', code view...} or {error status, detail...}.
-local replay = idem_replay(KEYS[7], ARGV[3])
+local replay = idem_replay(KEYS[7], ARGV[4])
 if replay then return replay end
 local code, user = ARGV[1], ARGV[2]
 local m = redis.call('HMGET', KEYS[1], 'id', 'validFrom', 'validUntil', 'maxPerUser',
   'multipleRedeemsAllowed', 'maxRedeemsPerCode')
 if not m[1] then return {'book_not_found'} end
+if ARGV[3] ~= '' and ARGV[3] ~= m[1] then return {'book_mismatch'} end
 -- Ownership before the validity window, so that an end user learns nothing
 -- about other users' codes from the status.
 local a = read_assignment(KEYS[3], code)
@@ -19,7 +21,7 @@ local now = now_ms()
 if outside_window(m[2], m[3], now) then return {'book_not_active'} end
 local limit = redeem_limit(m[5], m[6])
 if a then
-  return reply('ok', code_view(code, a, locked_until(KEYS[5], code, now), limit))
+  return reply('ok', code_view(m[1], code, a, locked_until(KEYS[5], code, now), limit))
 end
 local cap = tonumber(m[4])
 if cap and redis.call('ZCARD', KEYS[4]) >= cap then return {'user_limit_reached', cap} end
@@ -29,6 +31,6 @@ write_assignment(KEYS[3], code, a)
 redis.call('ZADD', KEYS[4], 0, code)
 redis.call('HINCRBY', KEYS[1], 'assigned', 1)
 emit_code(KEYS[6], 'assigned', m[1], code, a, now)
-local result = reply('ok', code_view(code, a, 0, limit))
-idem_store(KEYS[7], ARGV[3], ARGV[4], result)
+local result = reply('ok', code_view(m[1], code, a, 0, limit))
+idem_store(KEYS[7], ARGV[4], ARGV[5], result)
 return result

@@ -13,7 +13,7 @@ local out = {'ok', m[1]}
 for _, code in ipairs(codes) do
   local a = read_assignment(KEYS[3], code)
   if a then
-    for _, value in ipairs(code_view(code, a, locked_until(KEYS[4], code, now), limit)) do
+    for _, value in ipairs(code_view(m[1], code, a, locked_until(KEYS[4], code, now), limit)) do
       out[#out + 1] = value
     end
   end

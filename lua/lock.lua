@@ -17,7 +17,7 @@ local limit = redeem_limit(m[5], m[6])
 if limit >= 0 and a.times >= limit then return {'redeemed', a.times} end
 local ttl = tonumber(ARGV[4]) or tonumber(m[4])
 if not redis.call('SET', KEYS[3], token, 'NX', 'PX', ttl) then
-  return {'locked', now + redis.call('PTTL', KEYS[3])}
+  return {'locked', live_lock_until(KEYS[4], KEYS[3], code, now)}
 end
 
 -- Expired locks stay in the zset until seen: record this code's earlier
@@ -39,4 +39,4 @@ a.v = a.v + 1
 write_assignment(KEYS[2], code, a)
 redis.call('ZADD', KEYS[4], until_ms, code)
 emit_code(KEYS[5], 'locked', m[1], code, a, now, 'until', until_ms)
-return reply('ok', code_view(code, a, until_ms, limit), token)
+return reply('ok', code_view(m[1], code, a, until_ms, limit), token)

@@ -18,7 +18,7 @@ if a.owner ~= user then return {'not_owner'} end
 local now = now_ms()
 if outside_window(m[2], m[3], now) then return {'book_not_active'} end
 local held = redis.call('GET', KEYS[3])
-if held and held ~= token then return {'locked', now + redis.call('PTTL', KEYS[3])} end
+if held and held ~= token then return {'locked', live_lock_until(KEYS[4], KEYS[3], code, now)} end
 local limit = redeem_limit(m[4], m[5])
 if limit >= 0 and a.times >= limit then return {'redeemed', a.times} end
 if held then redis.call('DEL', KEYS[3]) end
@@ -32,6 +32,6 @@ redis.call('HSET', KEYS[1], 'updatedAt', now)
 emit_code(KEYS[5], 'redeemed', m[1], code, a, now)
 local left = -1
 if limit >= 0 then left = limit - a.times end
-local result = reply('ok', code_view(code, a, 0, limit), left)
+local result = reply('ok', code_view(m[1], code, a, 0, limit), left)
 idem_store(KEYS[6], ARGV[4], ARGV[5], result)
 return result

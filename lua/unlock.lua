@@ -12,10 +12,10 @@ if a.owner ~= user then return {'not_owner'} end
 local now = now_ms()
 local held = redis.call('GET', KEYS[3])
 if not held then return {'not_locked'} end
-if held ~= token then return {'locked', now + redis.call('PTTL', KEYS[3])} end
+if held ~= token then return {'locked', live_lock_until(KEYS[4], KEYS[3], code, now)} end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[4], code)
 a.v = a.v + 1
 write_assignment(KEYS[2], code, a)
 emit_code(KEYS[5], 'unlocked', m[1], code, a, now)
-return reply('ok', code_view(code, a, 0, redeem_limit(m[2], m[3])))
+return reply('ok', code_view(m[1], code, a, 0, redeem_limit(m[2], m[3])))

@@ -73,7 +73,7 @@ class TokenVerifier:
 
     def _verify(self, authorization: str | None) -> tuple[Principal, float]:
         if not authorization:
-            raise Unauthorized("send Authorization: Bearer <token>")
+            raise Unauthorized("send Authorization: Bearer <token>", credentials_sent=False)
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")

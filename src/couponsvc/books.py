@@ -93,17 +93,17 @@ class Books:
         for _ in range(NUMBER_ATTEMPTS):
             number = int(await store.redis.incr(store.keys.book_seq))
             if not await store.redis.exists(store.keys.book(number).meta):
-                return Located(number, str(uuid.uuid4()), store.keys.book(number))
+                return Located(number=number, keys=store.keys.book(number), id=str(uuid.uuid4()))
         raise errors.Conflict("could not find an unused book number; run couponsvc rebuild")
 
     async def get(self, book_id: str) -> Book:
         book = await self.store.book(book_id)
         reply = await self.store.run("read_book", [book.keys.meta, book.keys.free,
                                                    book.keys.locks])
-        if reply[0] != "ok":
+        meta = dict(zip(reply[3::2], reply[4::2], strict=True))
+        if reply[0] != "ok" or meta.get("id") != book_id:
             raise errors.BookNotFound(f"no coupon book {book_id}")
         available, locked = int(reply[1]), int(reply[2])
-        meta = dict(zip(reply[3::2], reply[4::2], strict=True))
         max_redeems, max_per_user = meta.get("maxRedeemsPerCode"), meta.get("maxPerUser")
         valid_from, valid_until = meta.get("validFrom"), meta.get("validUntil")
         return Book(

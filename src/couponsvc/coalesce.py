@@ -11,9 +11,15 @@ handling, timeouts and the cluster client's slot routing stay redis-py's.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+
+
+class Command(NamedTuple):
+    args: tuple[Any, ...]
+    options: dict[str, Any]
+
 
 # A batch larger than this is sent at once rather than waiting for the turn to end.
 MAX_BATCH = 256
@@ -23,19 +29,22 @@ class Coalescer:
     def __init__(self, redis: Redis, max_batch: int = MAX_BATCH) -> None:
         self._redis = redis
         self._max_batch = max_batch
-        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def execute(self, *command: Any) -> Any:
-        """Runs one command in the next batch and returns its reply (or raises its error)."""
-        return await self.submit(*command)
+    async def execute(self, *args: Any, **options: Any) -> Any:
+        """Runs one command in the next batch and returns its reply (or raises its error).
 
-    def submit(self, *command: Any) -> asyncio.Future[Any]:
+        `options` reach redis-py's reply parsing, as its own command methods pass
+        them (e.g. `get=True` for SET ... GET)."""
+        return await self.submit(*args, **options)
+
+    def submit(self, *args: Any, **options: Any) -> asyncio.Future[Any]:
         """Queues a command now; commands of one batch are sent in the order queued."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((command, future))
+        self._queue.append((Command(args, options), future))
         if len(self._queue) >= self._max_batch:
             self._flush()
         elif not self._flush_scheduled:
@@ -52,11 +61,11 @@ class Coalescer:
         self._in_flight.add(task)  # keep a reference until it is done
         task.add_done_callback(self._in_flight.discard)
 
-    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for command, _ in batch:
-                    pipe.execute_command(*command)
+                    pipe.execute_command(*command.args, **command.options)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # the whole batch failed: every caller sees why
             for _, future in batch:

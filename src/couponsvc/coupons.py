@@ -10,13 +10,15 @@ import asyncio
 import base64
 import binascii
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 from couponsvc import errors
 from couponsvc.auth import Principal
 from couponsvc.schemas import Coupon, LockResult, Redemption
-from couponsvc.store import VIEW_LEN, Located, Store, parse_view, raise_for
+from couponsvc.store import VIEW_LEN, Slot, Store, parse_view, raise_for
+from couponsvc.types import ScriptReply
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +48,28 @@ class Coupons:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def _idem_args(self, book: Located, idem: Idempotency | None) -> tuple[list[str], list[str]]:
+    async def _bind_key(self, idem: Idempotency | None) -> None:
+        """Binds the key to this request's fingerprint across books (SET NX): the
+        same key with another request is refused before anything runs. Replays
+        themselves come from the record the script keeps in the book."""
+        if idem is None:
+            return
+        ttl_ms = self.store.settings.idempotency_ttl_seconds * 1000
+        bound = await self.store.scripts.coalescer.execute(
+            "SET", self.store.keys.idempotency_claim(idem.caller, idem.key), idem.fingerprint,
+            "NX", "PX", ttl_ms, "GET", get=True)
+        if bound is not None and bound != idem.fingerprint:
+            raise errors.IdempotencyKeyReused(
+                "this Idempotency-Key was already used with a different request")
+
+    def _idem_args(self, book: Slot, idem: Idempotency | None) -> tuple[list[str], list[str]]:
         """Extra KEYS (the idempotency record, when asked for) and ARGV."""
         if idem is None:
             return [], [""]
         ttl_ms = self.store.settings.idempotency_ttl_seconds * 1000
         return [book.keys.idempotency(idem.caller, idem.key)], [idem.fingerprint, str(ttl_ms)]
 
-    def _note_user_book(self, user_id: str, book: Located) -> asyncio.Future[Any]:
+    def _note_user_book(self, user_id: str, book: Slot) -> asyncio.Future[Any]:
         # Queued before the assignment script (same batch, sent first) so the
         # user's index of books is a superset of where they hold codes; lists
         # then need no KEYS/SCAN. Await it after the script.
@@ -64,37 +80,33 @@ class Coupons:
                             idem: Idempotency | None) -> Outcome:
         principal.require_user(user_id)
         book = await self.store.book(book_id)
+        await self._bind_key(idem)
         noted = self._note_user_book(user_id, book)
         k = book.keys
         idem_keys, idem_args = self._idem_args(book, idem)
-        reply = await self.store.run(
+        reply = await _after(noted, self.store.run(
             "assign_random",
             [k.meta, k.free, k.assigned, k.user(user_id), k.locks, k.events, *idem_keys],
-            [user_id, *idem_args],
-        )
-        await noted
+            [book_id, user_id, *idem_args],
+        ))
         raise_for(reply, "", principal, "assign")
-        return Outcome(parse_view(reply, 1, book.id), reply[0] == "replayed")
+        return Outcome(parse_view(reply, 1), reply[0] == "replayed")
 
     async def assign_code(self, principal: Principal, code: str, user_id: str,
                           book_id: str | None, idem: Idempotency | None) -> Outcome:
         principal.require_user(user_id)
         book = await self.store.book_of_code(code)
-        if book_id is not None and book_id != book.id:
-            if not principal.acts_for_anyone:
-                raise errors.CodeNotFound(f"no coupon code {code} for this caller")
-            raise errors.BookMismatch(f"{code} does not belong to book {book_id}")
+        await self._bind_key(idem)
         noted = self._note_user_book(user_id, book)
         k = book.keys
         idem_keys, idem_args = self._idem_args(book, idem)
-        reply = await self.store.run(
+        reply = await _after(noted, self.store.run(
             "assign_code",
             [k.meta, k.free, k.assigned, k.user(user_id), k.locks, k.events, *idem_keys],
-            [code, user_id, *idem_args],
-        )
-        await noted
+            [code, user_id, book_id or "", *idem_args],
+        ))
         raise_for(reply, code, principal, "assign")
-        return Outcome(parse_view(reply, 1, book.id), reply[0] == "replayed")
+        return Outcome(parse_view(reply, 1), reply[0] == "replayed")
 
     async def lock(self, principal: Principal, code: str, user_id: str,
                    ttl_seconds: int | None) -> LockResult:
@@ -108,9 +120,9 @@ class Coupons:
             [code, user_id, token, ttl_ms],
         )
         raise_for(reply, code, principal, "lock")
-        coupon = parse_view(reply, 1, book.id)
+        coupon = parse_view(reply, 1)
         assert coupon.lockedUntil is not None
-        return LockResult(code=code, couponBookId=book.id, assignedTo=user_id,
+        return LockResult(code=code, couponBookId=coupon.couponBookId, assignedTo=user_id,
                           lockToken=str(reply[1 + VIEW_LEN]), lockedUntil=coupon.lockedUntil)
 
     async def unlock(self, principal: Principal, code: str, user_id: str, token: str) -> Coupon:
@@ -122,12 +134,13 @@ class Coupons:
             [code, user_id, token],
         )
         raise_for(reply, code, principal, "unlock")
-        return parse_view(reply, 1, book.id)
+        return parse_view(reply, 1)
 
     async def redeem(self, principal: Principal, code: str, user_id: str, token: str | None,
                      idem: Idempotency | None) -> tuple[Redemption, bool]:
         principal.require_user(user_id)
         book = await self.store.book_of_code(code)
+        await self._bind_key(idem)
         k = book.keys
         idem_keys, idem_args = self._idem_args(book, idem)
         reply = await self.store.run(
@@ -135,11 +148,11 @@ class Coupons:
             [code, user_id, token or "", *idem_args],
         )
         raise_for(reply, code, principal, "redeem")
-        coupon = parse_view(reply, 1, book.id)
+        coupon = parse_view(reply, 1)
         left = int(reply[1 + VIEW_LEN])
         assert coupon.lastRedeemedAt is not None
         redemption = Redemption(
-            code=code, couponBookId=book.id, assignedTo=user_id,
+            code=code, couponBookId=coupon.couponBookId, assignedTo=user_id,
             timesRedeemed=coupon.timesRedeemed, redeemedAt=coupon.lastRedeemedAt,
             redemptionsLeft=None if left < 0 else left,
         )
@@ -160,21 +173,37 @@ class Coupons:
             want = limit + 1 - len(found)
             if want <= 0:
                 break
-            book = Located(number, await self.store.book_id(number), self.store.keys.book(number))
-            k = book.keys
+            k = self.store.keys.book(number)
             reply = await self.store.run(
                 "list_user_codes", [k.meta, k.user(user_id), k.assigned, k.locks],
                 [after if number == start_number else "", want],
             )
             if reply[0] != "ok":
                 continue
-            found.extend((number, parse_view(reply, at, book.id))
+            found.extend((number, parse_view(reply, at))
                          for at in range(2, len(reply), VIEW_LEN))
         coupons = [coupon for _, coupon in found[:limit]]
         if len(found) <= limit:
             return Page(coupons, None)
         last_number, last = found[limit - 1]
         return Page(coupons, encode_cursor(last_number, last.code))
+
+
+async def _after(noted: asyncio.Future[Any], call: Awaitable[ScriptReply]) -> ScriptReply:
+    """Awaits the script, then the index write queued before it. When the script
+    fails, the index write's own outcome is consumed so it is never reported as
+    unretrieved; the script's error is the one the caller sees."""
+    try:
+        reply = await call
+    except BaseException:
+        if noted.done():
+            if not noted.cancelled():
+                noted.exception()
+        else:
+            noted.cancel()
+        raise
+    await noted
+    return reply
 
 
 def encode_cursor(book_number: int, last_code: str) -> str:

@@ -71,7 +71,14 @@ class InvalidRequest(ServiceError):
 class Unauthorized(ServiceError):
     status, slug, title = 401, "unauthorized", "Missing or invalid bearer token"
 
+    def __init__(self, detail: str, credentials_sent: bool = True) -> None:
+        super().__init__(detail)
+        self.credentials_sent = credentials_sent
+
     def headers(self) -> dict[str, str]:
+        # RFC 6750 section 3.1: no error code when the request had no credentials.
+        if not self.credentials_sent:
+            return {"WWW-Authenticate": "Bearer"}
         return {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 

@@ -18,7 +18,7 @@ SMALL_BODY_BYTES = 64 * 1024
 IDEMPOTENCY_HEADER = "idempotency-key"
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
@@ -61,9 +61,11 @@ def decode(body: bytes, kind: type[T]) -> T:
         return value
     except msgspec.ValidationError as exc:
         message = str(exc)
-        unknown = _UNKNOWN_FIELD.search(message)
+        named = _NAMED_FIELD.search(message)
         where = _FIELD_AT.search(message)
-        field = unknown.group(1) if unknown else (where.group(1) if where else None)
+        field = where.group(1) if where else None
+        if named:  # the path is of the object holding the field
+            field = f"{field}.{named.group(1)}" if field else named.group(1)
         raise InvalidRequest(message, field=field or None) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
@@ -98,6 +100,6 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise InvalidRequest(f"{name} must be an integer from {low} to {high}", field=name)
     return int(raw)

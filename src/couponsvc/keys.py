@@ -14,6 +14,7 @@ Layout (documented for operators in docs/redis-keys.md):
     {prefix}:{book:N}:idem:DIGEST        list   fingerprint, then the stored result
     {prefix}:{book:N}:events             stream outbox of state changes
     {prefix}:{dir:BUCKET}                hash   code -> book number (immutable directory)
+    {prefix}:{idem:DIGEST}               string the fingerprint an idempotency key is bound to
     {prefix}:{user:USER}:books           set    book numbers the user has codes in
 
 All keys one script call touches share the `{book:N}` hash tag, so every script
@@ -66,8 +67,7 @@ class BookKeys:
     def idempotency(self, caller: str, key: str) -> str:
         # Callers and keys are client-chosen strings; a digest keeps the key
         # name short and free of separators.
-        digest = hashlib.sha256(f"{caller}\0{key}".encode()).hexdigest()[:32]
-        return f"{self.tag}:idem:{digest}"
+        return f"{self.tag}:idem:{_digest(caller, key)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +90,16 @@ class Keys:
     def directory(self, code: str) -> str:
         return f"{self.prefix}:{{dir:{directory_bucket(code):04x}}}"
 
+    def idempotency_claim(self, caller: str, key: str) -> str:
+        """Binds a caller's Idempotency-Key to one request across all books."""
+        return f"{self.prefix}:{{idem:{_digest(caller, key)}}}"
+
     def user_books(self, user_id: str) -> str:
         return f"{self.prefix}:{{user:{user_id}}}:books"
+
+
+def _digest(caller: str, key: str) -> str:
+    return hashlib.sha256(f"{caller}\0{key}".encode()).hexdigest()[:32]
 
 
 def directory_bucket(code: str) -> int:

@@ -64,7 +64,8 @@ class Generate(Base):
 
 class UploadCodes(Base):
     couponBookId: BookId
-    # Items are checked one by one so that one bad code is reported, not fatal.
+    # Each string is checked on its own: a malformed code is listed in
+    # refused.invalid, not fatal. A non-string item is a 400 like any wrong type.
     codes: list[str] | None = None
     generate: Generate | None = None
 

@@ -19,9 +19,9 @@ from couponsvc.settings import Settings
 from couponsvc.types import ScriptReply
 
 # Fields of one code view as the scripts return it (see code_view in _prelude.lua).
-VIEW_LEN = 8
-# Book numbers of codes and ids never change, so look-ups are cached; the
-# cache is simply emptied when full, which keeps it bounded and O(1).
+VIEW_LEN = 9
+# A code's book and a book id's number never change (rebuild keeps numbers),
+# so look-ups are cached; the cache is emptied when full: bounded and O(1).
 CACHE_LIMIT = 200_000
 
 
@@ -33,12 +33,13 @@ def optional_datetime(ms: int | str) -> datetime | None:
     return ms_to_datetime(ms) if int(ms) else None
 
 
-def parse_view(reply: Sequence[Any], at: int, book_id: str) -> Coupon:
-    code, owner, assigned_at, times, last, lock_until, status, _version = reply[at:at + VIEW_LEN]
+def parse_view(reply: Sequence[Any], at: int) -> Coupon:
+    book_id, code, owner, assigned_at, times, last, lock_until, status, _version = \
+        reply[at:at + VIEW_LEN]
     locked_until = optional_datetime(lock_until)
     return Coupon(
         code=str(code),
-        couponBookId=book_id,
+        couponBookId=str(book_id),
         assignedTo=str(owner),
         status=_status(status),
         locked=locked_until is not None,
@@ -58,12 +59,19 @@ def _status(value: object) -> Status:
 
 
 @dataclass(frozen=True, slots=True)
-class Located:
-    """A book found by id or through a code."""
+class Slot:
+    """Where a book's keys live: its number. Scripts return the book's id
+    from its meta hash, so a stale cached number can never mislabel a reply."""
 
     number: int
-    id: str
     keys: BookKeys
+
+
+@dataclass(frozen=True, slots=True)
+class Located(Slot):
+    """A book found by its id."""
+
+    id: str
 
 
 class Store:
@@ -73,7 +81,6 @@ class Store:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self._number_by_id: dict[str, int] = {}
-        self._id_by_number: dict[int, str] = {}
         self._number_by_code: dict[str, int] = {}
 
     async def book(self, book_id: str) -> Located:
@@ -84,9 +91,9 @@ class Store:
                 raise errors.BookNotFound(f"no coupon book {book_id}")
             number = int(raw)
             _remember(self._number_by_id, book_id, number)
-        return Located(number, book_id, self.keys.book(number))
+        return Located(number=number, keys=self.keys.book(number), id=book_id)
 
-    async def book_of_code(self, code: str) -> Located:
+    async def book_of_code(self, code: str) -> Slot:
         number = self._number_by_code.get(code)
         if number is None:
             raw = await self.redis.hget(self.keys.directory(code), code)
@@ -94,17 +101,7 @@ class Store:
                 raise errors.CodeNotFound(_unknown_code(code))
             number = int(raw)
             _remember(self._number_by_code, code, number)
-        return Located(number, await self.book_id(number), self.keys.book(number))
-
-    async def book_id(self, number: int) -> str:
-        book_id = self._id_by_number.get(number)
-        if book_id is None:
-            raw = await self.redis.hget(self.keys.book(number).meta, "id")
-            if raw is None:
-                raise errors.BookNotFound(f"no coupon book number {number}")
-            book_id = str(raw)
-            _remember(self._id_by_number, number, book_id)
-        return book_id
+        return Slot(number, self.keys.book(number))
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> ScriptReply:
         return await self.scripts.run(name, keys, args)
@@ -137,6 +134,10 @@ def raise_for(reply: ScriptReply, code: str, principal: Principal, action: str) 
             raise errors.BookNotFound("the code's book no longer exists")
         case "code_not_found":
             raise errors.CodeNotFound(_unknown_code(code))
+        case "book_mismatch" if hide:
+            raise errors.CodeNotFound(_unknown_code(code))
+        case "book_mismatch":
+            raise errors.BookMismatch(f"{code} belongs to another book")
         case "not_owner" if action == "assign":
             raise errors.CodeAlreadyAssigned(f"{code} is assigned to another user")
         case "not_owner" | "not_assigned":

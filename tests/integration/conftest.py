@@ -1,0 +1,101 @@
+"""Real servers for the integration tests.
+
+One redis-server and one API process serve the whole session; tests isolate
+themselves with their own books, codes and user ids, so nothing is flushed.
+Tests that need other settings (audience/issuer) or that break Redis get a
+stack of their own. Every server is stopped by its own PID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from .support import (
+    AUDIENCE,
+    ISSUER,
+    Api,
+    ApiServer,
+    RedisServer,
+    Stack,
+    http_client,
+    running_stack,
+)
+
+LOG_TAIL_CHARS = 8000
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def api_server(redis_server: RedisServer,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    server = ApiServer(redis_server.url, tmp_path_factory.mktemp("api")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(api_server: ApiServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(api_server.base_url) as client:
+        yield client
+
+
+@pytest.fixture
+def api(client: httpx.AsyncClient, api_server: ApiServer) -> Api:
+    return Api(client, api_server)
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client on the session's Redis, to check the state the API left there."""
+    client = Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def aud_iss_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose API requires tokens with this audience and issuer."""
+    with running_stack(tmp_path_factory.mktemp("aud-iss"),
+                       COUPONSVC_JWT_AUDIENCE=AUDIENCE, COUPONSVC_JWT_ISSUER=ISSUER) as stack:
+        yield stack
+
+
+@pytest.fixture
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack for one test alone (it may kill, pause and restart its Redis)."""
+    with running_stack(tmp_path_factory.mktemp("own")) as stack:
+        yield stack
+
+
+def _api_servers(item: pytest.Item) -> list[ApiServer]:
+    found: dict[int, ApiServer] = {}
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, Api):
+            value = value.server
+        elif isinstance(value, Stack):
+            value = value.api
+        if isinstance(value, ApiServer):
+            found[id(value)] = value
+    return list(found.values())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    """On failure, show the end of the log of every API server the test used."""
+    report = yield
+    if report.failed:
+        for server in _api_servers(item):
+            report.sections.append((f"API server log (port {server.port})",
+                                    server.log()[-LOG_TAIL_CHARS:]))
+    return report

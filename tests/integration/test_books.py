@@ -1,0 +1,195 @@
+"""POST /coupons and GET /coupons/{id}: creating books and reading their live counts."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from .support import ALPHABET, Api, assert_problem, bearer, book_keys, events, new_user
+
+pytestmark = pytest.mark.integration
+
+
+async def test_create_book_answers_201_with_location_and_every_field(
+        api: Api, redis: Redis) -> None:
+    body = {"name": "Summer sale", "description": "10% off", "multipleRedeemsAllowed": True,
+            "maxRedeemsPerCode": 3, "maxPerUser": 2, "lockTtlSeconds": 90}
+
+    response = await api.post("/coupons", body, token=api.server.admin)
+
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"] == "application/json"
+    book = response.json()
+    assert response.headers["location"] == f"/coupons/{book['id']}"
+    assert uuid.UUID(book["id"]).version == 4
+    assert {k: book[k] for k in body} == body
+    assert book["counts"] == {"total": 0, "available": 0, "assigned": 0, "locked": 0,
+                              "redeemed": 0}
+    created = datetime.fromisoformat(book["createdAt"])
+    assert abs(created - datetime.now(UTC)) < timedelta(minutes=1)
+    assert book["updatedAt"] == book["createdAt"]
+    assert "validFrom" not in book and "validUntil" not in book
+
+    keys = await book_keys(redis, book["id"])
+    meta = await redis.hgetall(f"{keys}:meta")
+    assert meta["id"] == book["id"]
+    assert meta["name"] == "Summer sale"
+    assert meta["lockTtlMs"] == "90000"
+    assert meta["maxPerUser"] == "2"
+    assert [e["type"] for e in await events(redis, book["id"])] == ["book_created"]
+
+
+async def test_location_header_leads_to_the_same_book(api: Api) -> None:
+    created = await api.post("/coupons", {"name": "located"}, token=api.server.admin)
+
+    fetched = await api.get(created.headers["location"])
+
+    assert fetched.status_code == 200
+    assert fetched.json() == created.json()
+
+
+async def test_create_book_defaults(api: Api) -> None:
+    book = await api.create_book()
+
+    assert book["description"] == ""
+    assert book["multipleRedeemsAllowed"] is False
+    assert book["lockTtlSeconds"] == 300
+    assert "maxPerUser" not in book and "maxRedeemsPerCode" not in book
+
+
+async def test_validity_window_is_kept_as_an_instant(api: Api) -> None:
+    start = datetime(2031, 1, 1, 12, 0, tzinfo=UTC)
+    body = {"validFrom": "2031-01-01T14:00:00+02:00", "validUntil": "2031-02-01T00:00:00Z"}
+
+    book = await api.create_book(**body)
+
+    assert datetime.fromisoformat(book["validFrom"]) == start
+    assert datetime.fromisoformat(book["validUntil"]) == datetime(2031, 2, 1, tzinfo=UTC)
+
+
+async def test_initial_amount_with_pattern_generates_codes(api: Api, redis: Redis) -> None:
+    book = await api.create_book(initialCouponAmount=25, codePattern="SALE-####-##")
+
+    assert book["counts"]["total"] == 25
+    assert book["counts"]["available"] == 25
+    free = await redis.smembers(f"{await book_keys(redis, book['id'])}:free")
+    assert len(free) == 25
+    shape = re.compile(f"SALE-[{ALPHABET}]{{4}}-[{ALPHABET}]{{2}}")
+    assert all(shape.fullmatch(code) for code in free), free
+
+
+async def test_initial_amount_without_pattern_uses_twelve_random_characters(
+        api: Api, redis: Redis) -> None:
+    book = await api.create_book(initialCouponAmount=5)
+
+    free = await redis.smembers(f"{await book_keys(redis, book['id'])}:free")
+    assert len(free) == 5
+    assert all(re.fullmatch(f"[{ALPHABET}]{{12}}", code) for code in free), free
+
+
+def _later(hours: int) -> str:
+    return (datetime.now(UTC).replace(microsecond=0) + timedelta(hours=hours)).isoformat()
+
+
+INVALID_BOOKS: list[Any] = [
+    pytest.param({"name": 42}, "name", id="wrong-type-name"),
+    pytest.param({"name": "x", "multipleRedeemsAllowed": "yes"}, "multipleRedeemsAllowed",
+                 id="wrong-type-bool"),
+    pytest.param({"name": "x", "maxPerUser": 0}, "maxPerUser", id="max-per-user-zero"),
+    pytest.param({"name": "x", "lockTtlSeconds": 86_401}, "lockTtlSeconds", id="ttl-too-long"),
+    pytest.param({"name": ""}, "name", id="empty-name"),
+    pytest.param({"name": "x", "colour": "red"}, "colour", id="unknown-field"),
+    pytest.param({"description": "no name"}, "name", id="missing-name"),
+    pytest.param({"name": "x", "maxRedeemsPerCode": 3}, "maxRedeemsPerCode",
+                 id="max-redeems-without-multiple"),
+    pytest.param({"name": "x", "validFrom": _later(2), "validUntil": _later(1)}, "validUntil",
+                 id="from-after-until"),
+    pytest.param({"name": "x", "validFrom": _later(1), "validUntil": _later(1)}, "validUntil",
+                 id="from-equals-until"),
+    pytest.param({"name": "x", "validFrom": "2031-01-01T00:00:00"}, "validFrom",
+                 id="naive-datetime"),
+    pytest.param({"name": "x", "validUntil": "next tuesday"}, "validUntil", id="not-a-datetime"),
+    pytest.param({"name": "x", "initialCouponAmount": 1000, "codePattern": "AB##"},
+                 "codePattern", id="pattern-keyspace-too-small"),
+    pytest.param({"name": "x", "initialCouponAmount": 5, "codePattern": "NOHASH"},
+                 "codePattern", id="pattern-without-placeholder"),
+    pytest.param({"name": "x", "codePattern": "bad pattern!"}, "codePattern",
+                 id="pattern-bad-characters"),
+    pytest.param({"name": "x", "initialCouponAmount": -1}, "initialCouponAmount",
+                 id="negative-amount"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), INVALID_BOOKS)
+async def test_invalid_book_is_400_naming_the_field(
+        api: Api, redis: Redis, body: dict[str, Any], field: str) -> None:
+    books_before = await redis.hlen("cb:books")
+
+    response = await api.post("/coupons", body, token=api.server.admin)
+
+    problem = assert_problem(response, 400, "invalid-request")
+    assert problem.get("field") == field, problem
+    assert await redis.hlen("cb:books") == books_before
+
+
+async def test_non_json_content_type_is_415(api: Api) -> None:
+    response = await api.client.post(
+        "/coupons", content=b'{"name": "x"}',
+        headers={**bearer(api.server.admin), "Content-Type": "text/plain"})
+
+    assert_problem(response, 415, "unsupported-media-type")
+
+
+@pytest.mark.parametrize("raw", [b'{"name": "x"', b"{'name': 'x'}", b"", b"\xff\xfe"])
+async def test_malformed_json_is_400(api: Api, raw: bytes) -> None:
+    response = await api.client.post(
+        "/coupons", content=raw,
+        headers={**bearer(api.server.admin), "Content-Type": "application/json"})
+
+    problem = assert_problem(response, 400, "invalid-request")
+    assert "JSON" in problem["detail"]
+
+
+async def test_get_book_reports_live_counts(api: Api) -> None:
+    book, codes = await api.book_with_codes(4)
+    holder = new_user()
+    for code in codes[:3]:
+        assert (await api.assign_code(code, holder)).status_code == 200
+    lock = await api.lock(codes[0], holder)
+    assert lock.status_code == 200
+    assert (await api.redeem(codes[1], holder)).status_code == 200
+
+    response = await api.get(f"/coupons/{book['id']}")
+
+    assert response.status_code == 200
+    fetched = response.json()
+    assert fetched["counts"] == {"total": 4, "available": 1, "assigned": 3, "locked": 1,
+                                 "redeemed": 1}
+    assert fetched["updatedAt"] > book["updatedAt"]
+
+
+async def test_unknown_book_is_404(api: Api) -> None:
+    response = await api.get(f"/coupons/{uuid.uuid4()}")
+
+    assert_problem(response, 404, "book-not-found")
+
+
+async def test_book_id_that_is_not_a_uuid_is_404(api: Api) -> None:
+    response = await api.get("/coupons/not-a-book")
+
+    assert_problem(response, 404, "book-not-found")
+
+
+@pytest.mark.parametrize("who", ["writer", "end-user"])
+async def test_reading_a_book_needs_admin(api: Api, who: str) -> None:
+    book = await api.create_book()
+    token = api.server.writer if who == "writer" else api.server.user(new_user())
+
+    response = await api.get(f"/coupons/{book['id']}", token=token)
+
+    assert_problem(response, 403, "forbidden")

@@ -1,0 +1,143 @@
+"""Races against the real server: many requests in flight at once, one winner each."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Awaitable
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from .support import Api, book_keys, events, new_user
+
+pytestmark = pytest.mark.integration
+
+RACERS = 50
+
+
+async def race(calls: list[Awaitable[httpx.Response]]) -> list[httpx.Response]:
+    """Sends every request at once (the client allows 100 connections)."""
+    return list(await asyncio.gather(*calls))
+
+
+def outcomes(responses: list[httpx.Response]) -> Counter[tuple[int, str]]:
+    """(status, problem type) of each answer; successes count as (200, "")."""
+    counted: Counter[tuple[int, str]] = Counter()
+    for response in responses:
+        slug = "" if response.is_success else response.json()["type"].rsplit("/", 1)[-1]
+        counted[(response.status_code, slug)] += 1
+    return counted
+
+
+async def test_300_users_race_for_100_codes(api: Api, redis: Redis) -> None:
+    book, codes = await api.book_with_codes(100)
+    users = [new_user() for _ in range(300)]
+
+    responses = await race([api.assign(book["id"], user) for user in users])
+
+    assert outcomes(responses) == {(200, ""): 100, (409, "book-exhausted"): 200}
+    won = {r.json()["code"]: r.json()["assignedTo"] for r in responses if r.status_code == 200}
+    assert sorted(won) == sorted(codes)
+    keys = await book_keys(redis, book["id"])
+    assert await redis.scard(f"{keys}:free") == 0
+    assert await redis.hlen(f"{keys}:assigned") == 100
+    assigned = await events(redis, book["id"], "assigned")
+    assert len(assigned) == 100
+    assert {e["code"]: e["user"] for e in assigned} == won
+    counts = (await api.get(f"/coupons/{book['id']}")).json()["counts"]
+    assert (counts["available"], counts["assigned"]) == (0, 100)
+
+
+async def test_one_user_racing_gets_at_most_max_per_user(api: Api, redis: Redis) -> None:
+    book, _ = await api.book_with_codes(60, maxPerUser=3)
+    user = new_user()
+
+    responses = await race([api.assign(book["id"], user) for _ in range(RACERS)])
+
+    assert outcomes(responses) == {(200, ""): 3, (409, "user-limit-reached"): RACERS - 3}
+    keys = await book_keys(redis, book["id"])
+    assert await redis.zcard(f"{keys}:user:{user}") == 3
+    assert await redis.scard(f"{keys}:free") == 57
+    assert len(await events(redis, book["id"], "assigned")) == 3
+
+
+async def test_racing_locks_on_one_code_leave_one_holder(api: Api, redis: Redis) -> None:
+    book, code, user = await api.owned_code()
+
+    responses = await race([api.lock(code, user, ttl=30) for _ in range(RACERS)])
+
+    assert outcomes(responses) == {(200, ""): 1, (423, "code-locked"): RACERS - 1}
+    [winner] = [r.json() for r in responses if r.status_code == 200]
+    keys = await book_keys(redis, book["id"])
+    assert await redis.get(f"{keys}:lock:{code}") == winner["lockToken"]
+    assert all("retry-after" in r.headers for r in responses if r.status_code == 423)
+    assert len(await events(redis, book["id"], "locked")) == 1
+
+
+async def test_racing_redeems_of_a_single_use_code_redeem_once(api: Api, redis: Redis) -> None:
+    book, code, user = await api.owned_code()
+
+    responses = await race([api.redeem(code, user) for _ in range(RACERS)])
+
+    assert outcomes(responses) == {(200, ""): 1, (423, "code-redeemed"): RACERS - 1}
+    assert len(await events(redis, book["id"], "redeemed")) == 1
+    keys = await book_keys(redis, book["id"])
+    assert (await redis.hget(f"{keys}:meta", "redeemed")) == "1"
+
+
+async def test_racing_redeems_stop_at_max_redeems_per_code(api: Api, redis: Redis) -> None:
+    book, code, user = await api.owned_code(multipleRedeemsAllowed=True, maxRedeemsPerCode=5)
+
+    responses = await race([api.redeem(code, user) for _ in range(RACERS)])
+
+    assert outcomes(responses) == {(200, ""): 5, (423, "code-redeemed"): RACERS - 5}
+    won = sorted(r.json()["timesRedeemed"] for r in responses if r.status_code == 200)
+    assert won == [1, 2, 3, 4, 5]
+    assert len(await events(redis, book["id"], "redeemed")) == 5
+    [listed] = (await api.get(f"/users/{user}/coupons")).json()
+    assert (listed["timesRedeemed"], listed["status"]) == (5, "redeemed")
+
+
+async def test_many_users_racing_for_one_named_code(api: Api, redis: Redis) -> None:
+    book, [code] = await api.book_with_codes(1)
+    users = [new_user() for _ in range(RACERS)]
+
+    responses = await race([api.assign_code(code, user) for user in users])
+
+    assert outcomes(responses) == {(200, ""): 1, (409, "code-already-assigned"): RACERS - 1}
+    [winner] = [r.json()["assignedTo"] for r in responses if r.status_code == 200]
+    keys = await book_keys(redis, book["id"])
+    assert (await redis.hget(f"{keys}:assigned", code)).startswith(f"{winner}|")
+    assigned = await events(redis, book["id"], "assigned")
+    assert [(e["code"], e["user"]) for e in assigned] == [(code, winner)]
+
+
+async def test_an_expired_lock_is_taken_again_by_exactly_one(api: Api, redis: Redis) -> None:
+    book, code, user = await api.owned_code()
+    assert (await api.lock(code, user, ttl=1)).status_code == 200
+    await asyncio.sleep(1.2)
+
+    responses = await race([api.lock(code, user, ttl=30) for _ in range(RACERS)])
+
+    assert outcomes(responses) == {(200, ""): 1, (423, "code-locked"): RACERS - 1}
+    assert len(await events(redis, book["id"], "locked")) == 2
+    assert len(await events(redis, book["id"], "lock_expired")) == 1
+
+
+async def test_racing_retries_with_one_idempotency_key_assign_once(
+        api: Api, redis: Redis) -> None:
+    book, _ = await api.book_with_codes(10)
+    user = new_user()
+    token = api.server.token("checkout", "coupons:write")
+    key = {"Idempotency-Key": f"retry-{uuid.uuid4()}"}
+
+    responses = await race([api.assign(book["id"], user, token=token, headers=key)
+                            for _ in range(RACERS)])
+
+    assert outcomes(responses) == {(200, ""): RACERS}
+    assert len({r.json()["code"] for r in responses}) == 1
+    assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == RACERS - 1
+    assert len(await events(redis, book["id"], "assigned")) == 1

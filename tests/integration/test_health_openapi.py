@@ -1,0 +1,82 @@
+"""Liveness, readiness and the OpenAPI document: no token needed."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+# Every route the service serves, as (method, path template).
+ROUTES = {
+    ("post", "/coupons"),
+    ("get", "/coupons/{couponBookId}"),
+    ("post", "/coupons/codes"),
+    ("post", "/coupons/assign"),
+    ("post", "/coupons/assign/{code}"),
+    ("post", "/coupons/lock/{code}"),
+    ("post", "/coupons/unlock/{code}"),
+    ("post", "/coupons/redeem/{code}"),
+    ("get", "/users/{userId}/coupons"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+}
+PUBLIC = {("get", "/healthz"), ("get", "/readyz")}
+
+
+async def test_healthz_needs_no_token(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_reports_redis_ok(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["checks"]["redis"] == "ok"
+
+
+async def test_openapi_is_3_1_and_lists_every_route(client: httpx.AsyncClient) -> None:
+    response = await client.get("/openapi.json")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    document = response.json()
+    assert document["openapi"].startswith("3.1")
+    assert document["info"]["title"]
+    listed = {(method, path) for path, ops in document["paths"].items() for method in ops}
+    assert ROUTES <= listed, ROUTES - listed
+
+
+async def test_openapi_operations_are_complete(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    operation_ids = set()
+    for method, path in sorted(ROUTES):
+        op = document["paths"][path][method]
+        operation_ids.add(op["operationId"])
+        assert "200" in op["responses"] or "201" in op["responses"], (method, path)
+        secured = op["security"] == [{"bearerAuth": []}]
+        assert secured == ((method, path) not in PUBLIC), (method, path)
+        if method == "post":
+            ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.rsplit("/", 1)[-1] in schemas
+        for name in (part[1:-1] for part in path.split("/") if part.startswith("{")):
+            assert any(p["name"] == name and p["in"] == "path" for p in op["parameters"])
+    assert len(operation_ids) == len(ROUTES)
+
+
+async def test_openapi_documents_problem_responses(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    lock = document["paths"]["/coupons/lock/{code}"]["post"]["responses"]
+
+    assert "application/problem+json" in lock["423"]["content"]
+    assert "Retry-After" in lock["423"]["headers"]
+    assert "Retry-After" in lock["503"]["headers"]
+    assert {"401", "403", "404", "409"} <= set(lock)

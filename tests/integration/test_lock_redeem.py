@@ -1,0 +1,253 @@
+"""Locking, unlocking and redeeming codes during a checkout."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from redis.asyncio import Redis
+
+from .support import Api, assert_problem, book_keys, events, new_code, new_user
+
+pytestmark = pytest.mark.integration
+
+PATH_ACTIONS = ["lock", "unlock", "redeem"]
+
+
+def _body(action: str, user: str) -> dict[str, str]:
+    return {"userId": user, "lockToken": "t"} if action == "unlock" else {"userId": user}
+
+
+async def test_lock_gives_a_token_and_an_expiry(api: Api, redis: Redis) -> None:
+    book, code, user = await api.owned_code()
+
+    response = await api.lock(code, user, ttl=60)
+
+    assert response.status_code == 200, response.text
+    lock = response.json()
+    assert (lock["code"], lock["couponBookId"], lock["assignedTo"]) == (code, book["id"], user)
+    assert len(lock["lockToken"]) >= 16
+    expires = datetime.fromisoformat(lock["lockedUntil"])
+    assert timedelta(seconds=55) < expires - datetime.now(UTC) <= timedelta(seconds=61)
+
+    keys = await book_keys(redis, book["id"])
+    assert await redis.get(f"{keys}:lock:{code}") == lock["lockToken"]
+    assert 55_000 < await redis.pttl(f"{keys}:lock:{code}") <= 60_000
+    assert await redis.zscore(f"{keys}:locks", code) == pytest.approx(
+        expires.timestamp() * 1000, abs=1)
+    [listed] = (await api.get(f"/users/{user}/coupons")).json()
+    assert listed["status"] == "locked" and listed["locked"] is True
+    assert listed["lockedUntil"] == lock["lockedUntil"]
+    assert (await api.get(f"/coupons/{book['id']}")).json()["counts"]["locked"] == 1
+    assert [e["type"] for e in await events(redis, book["id"])][-1] == "locked"
+
+
+async def test_lock_uses_the_book_ttl_by_default(api: Api, redis: Redis) -> None:
+    book, code, user = await api.owned_code(lockTtlSeconds=7)
+
+    assert (await api.lock(code, user)).status_code == 200
+
+    pttl = await redis.pttl(f"{await book_keys(redis, book['id'])}:lock:{code}")
+    assert 5_000 < pttl <= 7_000
+
+
+async def test_a_second_lock_is_423_with_retry_after(api: Api) -> None:
+    _, code, user = await api.owned_code()
+    first = (await api.lock(code, user, ttl=30)).json()
+
+    second = await api.lock(code, user, ttl=30)
+
+    problem = assert_problem(second, 423, "code-locked")
+    assert 1 <= int(second.headers["retry-after"]) <= 30
+    assert problem["retryAfterSeconds"] == int(second.headers["retry-after"])
+    assert datetime.fromisoformat(problem["lockedUntil"]) == datetime.fromisoformat(
+        first["lockedUntil"])
+
+
+async def test_only_the_owner_may_lock(api: Api, redis: Redis) -> None:
+    book, code, _ = await api.owned_code()
+
+    response = await api.lock(code, new_user())
+
+    assert_problem(response, 409, "code-not-assigned")
+    assert not await redis.exists(f"{await book_keys(redis, book['id'])}:lock:{code}")
+
+
+async def test_a_free_code_cannot_be_locked(api: Api) -> None:
+    _, [code] = await api.book_with_codes(1)
+
+    assert_problem(await api.lock(code, new_user()), 409, "code-not-assigned")
+
+
+async def test_unlock_needs_the_lock_token(api: Api, redis: Redis) -> None:
+    book, code, user = await api.owned_code()
+    lock = (await api.lock(code, user)).json()
+    lock_key = f"{await book_keys(redis, book['id'])}:lock:{code}"
+
+    wrong = await api.unlock(code, user, "not-the-token")
+    assert_problem(wrong, 423, "code-locked")
+    assert await redis.get(lock_key) == lock["lockToken"]
+
+    right = await api.unlock(code, user, lock["lockToken"])
+
+    assert right.status_code == 200, right.text
+    coupon = right.json()
+    assert (coupon["status"], coupon["locked"]) == ("assigned", False)
+    assert "lockedUntil" not in coupon
+    assert not await redis.exists(lock_key)
+    assert_problem(await api.unlock(code, user, lock["lockToken"]), 409, "not-locked")
+    assert (await api.lock(code, user)).status_code == 200
+
+
+async def test_redeem_while_locked_needs_the_lock_token(api: Api, redis: Redis) -> None:
+    book, code, user = await api.owned_code()
+    lock = (await api.lock(code, user)).json()
+
+    without = await api.redeem(code, user)
+    wrong = await api.redeem(code, user, "not-the-token")
+    right = await api.redeem(code, user, lock["lockToken"])
+
+    assert_problem(without, 423, "code-locked")
+    assert "retry-after" in without.headers
+    assert_problem(wrong, 423, "code-locked")
+    assert right.status_code == 200, right.text
+    keys = await book_keys(redis, book["id"])
+    assert not await redis.exists(f"{keys}:lock:{code}")
+    assert await redis.zscore(f"{keys}:locks", code) is None
+    assert len(await events(redis, book["id"], "redeemed")) == 1
+
+
+async def test_a_single_use_code_redeems_once(api: Api, redis: Redis) -> None:
+    book, code, user = await api.owned_code()
+
+    first = await api.redeem(code, user)
+    second = await api.redeem(code, user)
+    lock = await api.lock(code, user)
+
+    assert first.status_code == 200, first.text
+    redemption = first.json()
+    assert (redemption["code"], redemption["couponBookId"], redemption["assignedTo"]) == (
+        code, book["id"], user)
+    assert redemption["timesRedeemed"] == 1
+    assert redemption["redemptionsLeft"] == 0
+    assert abs(datetime.fromisoformat(redemption["redeemedAt"]) - datetime.now(UTC)) < timedelta(
+        minutes=1)
+    assert_problem(second, 423, "code-redeemed")
+    assert_problem(lock, 423, "code-redeemed")
+    [listed] = (await api.get(f"/users/{user}/coupons")).json()
+    assert (listed["status"], listed["timesRedeemed"]) == ("redeemed", 1)
+    assert listed["lastRedeemedAt"] == redemption["redeemedAt"]
+    assert (await api.get(f"/coupons/{book['id']}")).json()["counts"]["redeemed"] == 1
+    assert len(await events(redis, book["id"], "redeemed")) == 1
+
+
+async def test_multiple_redeems_up_to_the_limit(api: Api) -> None:
+    _, code, user = await api.owned_code(multipleRedeemsAllowed=True, maxRedeemsPerCode=3)
+
+    answers = [await api.redeem(code, user) for _ in range(4)]
+
+    assert [a.status_code for a in answers[:3]] == [200, 200, 200]
+    assert [a.json()["timesRedeemed"] for a in answers[:3]] == [1, 2, 3]
+    assert [a.json()["redemptionsLeft"] for a in answers[:3]] == [2, 1, 0]
+    problem = assert_problem(answers[3], 423, "code-redeemed")
+    assert "3" in problem["detail"]
+
+
+async def test_multiple_redeems_without_a_limit(api: Api) -> None:
+    _, code, user = await api.owned_code(multipleRedeemsAllowed=True)
+
+    answers = [await api.redeem(code, user) for _ in range(5)]
+
+    assert {a.status_code for a in answers} == {200}
+    assert answers[-1].json()["timesRedeemed"] == 5
+    assert answers[-1].json()["redemptionsLeft"] is None
+    [listed] = (await api.get(f"/users/{user}/coupons")).json()
+    assert listed["status"] == "assigned"
+
+
+async def test_only_the_owner_may_redeem(api: Api) -> None:
+    _, code, _ = await api.owned_code()
+
+    assert_problem(await api.redeem(code, new_user()), 409, "code-not-assigned")
+
+
+async def test_redeem_replays_with_an_idempotency_key(api: Api, redis: Redis) -> None:
+    book, code, user = await api.owned_code(multipleRedeemsAllowed=True)
+    key = {"Idempotency-Key": f"pay-{uuid.uuid4()}"}
+    token = api.server.token("payments", "coupons:write")
+
+    first = await api.redeem(code, user, token=token, headers=key)
+    second = await api.redeem(code, user, token=token, headers=key)
+
+    assert first.status_code == second.status_code == 200
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.json() == first.json()
+    assert len(await events(redis, book["id"], "redeemed")) == 1
+    [listed] = (await api.get(f"/users/{user}/coupons")).json()
+    assert listed["timesRedeemed"] == 1
+
+
+@pytest.mark.parametrize("action", PATH_ACTIONS)
+async def test_bad_code_in_path_is_400(api: Api, action: str) -> None:
+    response = await api.post(f"/coupons/{action}/bad!code", _body(action, new_user()))
+
+    problem = assert_problem(response, 400, "invalid-request")
+    assert problem.get("field") == "code"
+
+
+@pytest.mark.parametrize("action", PATH_ACTIONS)
+async def test_unknown_code_is_404(api: Api, action: str) -> None:
+    response = await api.post(f"/coupons/{action}/{new_code()}", _body(action, new_user()))
+
+    assert_problem(response, 404, "code-not-found")
+
+
+@pytest.mark.parametrize("ttl", [0, 86_401, "60"])
+async def test_bad_lock_ttl_is_400(api: Api, ttl: object) -> None:
+    _, code, user = await api.owned_code()
+
+    response = await api.post(f"/coupons/lock/{code}", {"userId": user, "ttlSeconds": ttl})
+
+    problem = assert_problem(response, 400, "invalid-request")
+    assert problem.get("field") == "ttlSeconds"
+
+
+async def test_an_expired_lock_can_be_taken_again(api: Api, redis: Redis) -> None:
+    book, code, user = await api.owned_code()
+    first = (await api.lock(code, user, ttl=1)).json()
+    assert_problem(await api.lock(code, user, ttl=1), 423, "code-locked")
+
+    await asyncio.sleep(1.2)
+    [listed] = (await api.get(f"/users/{user}/coupons")).json()
+    counts = (await api.get(f"/coupons/{book['id']}")).json()["counts"]
+    again = await api.lock(code, user, ttl=60)
+
+    assert (listed["status"], listed["locked"]) == ("assigned", False)
+    assert counts["locked"] == 0
+    assert again.status_code == 200, again.text
+    assert again.json()["lockToken"] != first["lockToken"]
+    assert_problem(await api.unlock(code, user, first["lockToken"]), 423, "code-locked")
+    assert [e["type"] for e in await events(redis, book["id"])][-3:] == [
+        "locked", "lock_expired", "locked"]
+
+
+async def test_an_expired_lock_no_longer_guards_redeem(api: Api) -> None:
+    _, code, user = await api.owned_code()
+    assert (await api.lock(code, user, ttl=1)).status_code == 200
+
+    await asyncio.sleep(1.2)
+
+    assert (await api.redeem(code, user)).status_code == 200
+
+
+async def test_nothing_happens_once_the_book_has_expired(api: Api, redis: Redis) -> None:
+    until = datetime.now(UTC) + timedelta(seconds=1.5)
+    book, code, user = await api.owned_code(validUntil=until.isoformat())
+
+    await asyncio.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.2)
+
+    assert_problem(await api.lock(code, user), 409, "book-not-active")
+    assert_problem(await api.redeem(code, user), 409, "book-not-active")
+    assert await events(redis, book["id"], "redeemed") == []

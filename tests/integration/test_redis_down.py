@@ -1,0 +1,113 @@
+"""Redis outages: fast 503s with Retry-After instead of hangs, and recovery on its own.
+
+Each test has its own redis-server and API process, since it breaks that Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from .support import Api, Stack, assert_problem, http_client, new_code, new_user
+
+pytestmark = pytest.mark.integration
+
+# A request that takes longer than this counts as hanging: the client gives up.
+HANG_SECONDS = 5.0
+RECOVERY_SECONDS = 10.0
+
+
+@pytest.fixture
+async def down_api(own_stack: Stack) -> AsyncIterator[Api]:
+    async with http_client(own_stack.api.base_url, timeout=HANG_SECONDS) as client:
+        yield Api(client, own_stack.api)
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    assert_problem(response, 503, "service-unavailable")
+    assert int(response.headers["retry-after"]) >= 1
+
+
+async def assert_not_ready(api: Api) -> None:
+    response = await api.client.get("/readyz")
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["redis"].startswith("unavailable")
+
+
+async def wait_until_ready(api: Api) -> None:
+    deadline = time.monotonic() + RECOVERY_SECONDS
+    while (await api.client.get("/readyz")).status_code != 200:
+        assert time.monotonic() < deadline, "the API did not become ready again"
+        await asyncio.sleep(0.1)
+
+
+async def every_kind_of_request(api: Api, book_id: str, code: str, user: str) -> None:
+    """One call of each route that needs Redis, all answered 503."""
+    assert_unavailable(await api.assign(book_id, new_user()))
+    assert_unavailable(await api.assign_code(new_code(), user))
+    assert_unavailable(await api.lock(code, user))
+    assert_unavailable(await api.redeem(code, user))
+    assert_unavailable(await api.get(f"/users/{user}/coupons"))
+    assert_unavailable(await api.get(f"/coupons/{book_id}"))
+    assert_unavailable(await api.post("/coupons", {"name": "during outage"},
+                                      token=api.server.admin))
+
+
+async def test_a_crashed_redis_answers_503_and_the_api_recovers(
+        down_api: Api, own_stack: Stack) -> None:
+    api = down_api
+    book, code, user = await api.owned_code()
+
+    own_stack.redis.kill()
+
+    await every_kind_of_request(api, book["id"], code, user)
+    await assert_not_ready(api)
+    assert (await api.client.get("/healthz")).status_code == 200
+
+    own_stack.redis.start()  # same port, empty: it had no persistence
+    await wait_until_ready(api)
+
+    fresh, codes = await api.book_with_codes(2)
+    assigned = await api.assign(fresh["id"], new_user())
+    assert assigned.status_code == 200, assigned.text
+    assert assigned.json()["code"] in codes
+    assert own_stack.api.process is not None and own_stack.api.process.poll() is None
+
+
+async def test_a_hung_redis_answers_503_instead_of_hanging(
+        down_api: Api, own_stack: Stack) -> None:
+    api = down_api
+    book, code, user = await api.owned_code()
+
+    own_stack.redis.pause()
+    try:
+        assert_unavailable(await api.assign(book["id"], new_user()))
+        await assert_not_ready(api)
+    finally:
+        own_stack.redis.resume()
+
+    await wait_until_ready(api)
+    assert (await api.lock(code, user)).status_code == 200
+
+
+async def test_books_made_after_redis_restarts_empty_keep_their_own_id(
+        down_api: Api, own_stack: Stack) -> None:
+    api = down_api
+    await api.owned_code()  # book number 1 before the restart, looked up through its code
+    own_stack.redis.kill()
+    own_stack.redis.start()
+    await wait_until_ready(api)
+    book, [code] = await api.book_with_codes(1)  # number 1 again in the empty Redis
+
+    response = await api.post(f"/coupons/assign/{code}",
+                              {"userId": new_user(), "couponBookId": book["id"]})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["couponBookId"] == book["id"]

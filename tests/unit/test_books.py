@@ -1,0 +1,295 @@
+"""Books: create_book, claim_codes and add_codes through Books.create/upload/generate."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from couponsvc import errors
+from couponsvc.books import Books
+from couponsvc.codes import ALPHABET
+from couponsvc.schemas import CreateBook
+from couponsvc.settings import Settings
+from couponsvc.store import Store
+
+pytestmark = pytest.mark.unit
+
+CHAR = "[23456789ABCDEFGHJKLMNPQRSTUVWXYZ]"
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+async def test_create_writes_meta_index_and_event(books, redis, events):
+    valid_from = datetime(2020, 1, 1, tzinfo=UTC)
+    valid_until = datetime(2099, 1, 1, 12, 30, tzinfo=UTC)
+    book = await books.create(CreateBook(
+        name="Spring sale", description="10% off", multipleRedeemsAllowed=True,
+        maxRedeemsPerCode=3, maxPerUser=2, lockTtlSeconds=60,
+        validFrom=valid_from, validUntil=valid_until,
+    ))
+
+    assert await redis.hget("cb:books", book.id) == "1"
+    meta = await redis.hgetall("cb:{book:1}:meta")
+    assert meta.items() >= {
+        "id": book.id, "num": "1", "name": "Spring sale", "description": "10% off",
+        "multipleRedeemsAllowed": "1", "maxRedeemsPerCode": "3", "maxPerUser": "2",
+        "lockTtlMs": "60000", "validFrom": str(ms(valid_from)),
+        "validUntil": str(ms(valid_until)), "total": "0", "assigned": "0", "redeemed": "0",
+        "updatedAt": meta["createdAt"],
+    }.items()
+    assert re.fullmatch(r"\d{13}", meta["createdAt"])
+
+    [event] = await events(book.id)
+    assert event["type"] == "book_created"
+    assert event["book"] == book.id
+    assert event["at"] == meta["createdAt"]
+
+    assert (book.name, book.description, book.lockTtlSeconds) == ("Spring sale", "10% off", 60)
+    assert book.multipleRedeemsAllowed is True
+    assert (book.maxRedeemsPerCode, book.maxPerUser) == (3, 2)
+    assert (book.validFrom, book.validUntil) == (valid_from, valid_until)
+    assert ms(book.createdAt) == int(meta["createdAt"])
+    assert (book.counts.total, book.counts.available, book.counts.assigned) == (0, 0, 0)
+
+
+async def test_create_leaves_optional_settings_unset(books, redis):
+    book = await books.create(CreateBook(name="plain"))
+
+    meta = await redis.hgetall("cb:{book:1}:meta")
+    assert {"maxRedeemsPerCode", "maxPerUser", "validFrom", "validUntil"}.isdisjoint(meta)
+    assert meta["multipleRedeemsAllowed"] == "0"
+    assert meta["lockTtlMs"] == "300000"
+    assert (book.maxPerUser, book.maxRedeemsPerCode, book.validFrom, book.validUntil) == (
+        None, None, None, None)
+
+
+async def test_books_get_consecutive_numbers_and_distinct_ids(books, redis):
+    first = await books.create(CreateBook(name="one"))
+    second = await books.create(CreateBook(name="two"))
+
+    assert first.id != second.id
+    assert await redis.hgetall("cb:books") == {first.id: "1", second.id: "2"}
+    assert await redis.hget("cb:{book:2}:meta", "name") == "two"
+    assert (await books.get(first.id)).name == "one"
+
+
+async def test_create_with_initial_amount_generates_codes(books, redis, events):
+    book = await books.create(
+        CreateBook(name="gen", initialCouponAmount=25, codePattern="SALE-####"))
+
+    codes = await redis.smembers("cb:{book:1}:free")
+    assert len(codes) == 25
+    assert all(re.fullmatch(f"SALE-{CHAR}{{4}}", code) for code in codes)
+    assert (book.counts.total, book.counts.available) == (25, 25)
+    assert [e["type"] for e in await events(book.id)] == ["book_created", "codes_added"]
+    assert (await events(book.id))[1]["count"] == "25"
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"maxRedeemsPerCode": 2}, "maxRedeemsPerCode"),
+        ({"validFrom": datetime(2030, 1, 2, tzinfo=UTC),
+          "validUntil": datetime(2030, 1, 1, tzinfo=UTC)}, "validUntil"),
+        ({"validFrom": datetime(2030, 1, 1, tzinfo=UTC),
+          "validUntil": datetime(2030, 1, 1, tzinfo=UTC)}, "validUntil"),
+        ({"initialCouponAmount": 11, "codePattern": "X-##"}, "codePattern"),
+        ({"initialCouponAmount": 5, "codePattern": "NOPLACEHOLDER"}, "codePattern"),
+    ],
+)
+async def test_create_refuses_bad_settings_and_writes_nothing(books, redis, fields, field):
+    with pytest.raises(errors.InvalidRequest) as caught:
+        await books.create(CreateBook(name="bad", **fields))
+
+    assert caught.value.extra["field"] == field
+    assert await redis.keys("*") == []
+
+
+async def test_get_unknown_book(books):
+    with pytest.raises(errors.BookNotFound):
+        await books.get("00000000-0000-0000-0000-000000000000")
+
+
+async def test_create_skips_book_numbers_already_taken(books, redis):
+    # Regression: a lost book-seq (evicted, or an older backup restored) made a
+    # new book id alias the existing book 1.
+    first = await books.create(CreateBook(name="first"))
+    await redis.delete("cb:book-seq")
+
+    second = await books.create(CreateBook(name="second"))
+
+    assert second.name == "second"
+    assert await redis.hgetall("cb:books") == {first.id: "1", second.id: "2"}
+    assert await redis.hget("cb:{book:1}:meta", "name") == "first"
+    assert (await books.get(first.id)).name == "first"
+
+
+# --- upload ------------------------------------------------------------------
+
+
+async def test_upload_sorts_codes_into_added_and_refused(make_book, books, redis):
+    book = await make_book()
+    too_long = "L" * 65
+    result = await books.upload(book.id, [
+        "A1", "b_2-X", "A1", "bad code", too_long, "", 7, None, "é", "L" * 64,
+    ])
+
+    assert result.added == 3
+    assert result.refused.duplicates == ["A1"]
+    assert result.refused.inOtherBook == []
+    assert result.refused.invalid == ["bad code", too_long, "", "7", "None", "é"]
+    assert result.refusedCount == 7
+    assert result.codes is None
+    assert await redis.smembers("cb:{book:1}:free") == {"A1", "b_2-X", "L" * 64}
+    assert await redis.hget("cb:{book:1}:meta", "total") == "3"
+
+
+async def test_upload_of_codes_already_in_the_book_refuses_them(make_book, books, coupons,
+                                                                writer, redis):
+    book = await make_book(["A1", "A2"])
+    await coupons.assign_code(writer, "A1", "bob", None, None)
+
+    result = await books.upload(book.id, ["A1", "A2", "A3"])
+
+    assert result.added == 1
+    assert result.refused.duplicates == ["A1", "A2"]
+    # An assigned code is not put back into the free set.
+    assert await redis.smembers("cb:{book:1}:free") == {"A2", "A3"}
+    assert await redis.hget("cb:{book:1}:meta", "total") == "3"
+
+
+async def test_upload_refuses_codes_of_another_book(make_book, books, redis):
+    await make_book(["SHARED"])
+    other = await make_book()
+
+    result = await books.upload(other.id, ["SHARED", "OWN"])
+
+    assert result.added == 1
+    assert result.refused.inOtherBook == ["SHARED"]
+    assert await redis.smembers("cb:{book:2}:free") == {"OWN"}
+    assert await redis.hget("cb:books", other.id) == "2"
+    assert (await books.get(other.id)).counts.total == 1
+
+
+async def test_directory_maps_each_code_to_its_book(make_book, store, redis):
+    await make_book(["A1", "A2"])
+    await make_book(["B1"])
+
+    for code, number in (("A1", "1"), ("A2", "1"), ("B1", "2")):
+        key = store.keys.directory(code)
+        assert re.fullmatch(r"cb:\{dir:[0-9a-f]{4}\}", key)
+        assert await redis.hget(key, code) == number
+    entries = [await redis.hlen(key) for key in await redis.keys("cb:{dir:*")]
+    assert sum(entries) == 3
+
+
+async def test_upload_emits_one_codes_added_event_with_the_count(make_book, books, events):
+    book = await make_book()
+    await books.upload(book.id, ["A1", "A2", "A3"])
+    await books.upload(book.id, ["A1"])  # nothing new: no event
+
+    assert [(e["type"], e.get("count")) for e in await events(book.id)] == [
+        ("book_created", None), ("codes_added", "3")]
+
+
+async def test_upload_to_unknown_book(books):
+    with pytest.raises(errors.BookNotFound):
+        await books.upload("00000000-0000-0000-0000-000000000000", ["A1"])
+
+
+async def test_request_size_limit(redis, scripts, make_book):
+    limited = Books(Store(redis, scripts, Settings(env="dev", max_upload_codes=3)))
+    book = await make_book()
+
+    with pytest.raises(errors.InvalidRequest) as caught:
+        await limited.upload(book.id, ["A1", "A2", "A3", "A4"])
+    assert caught.value.extra["field"] == "codes"
+    with pytest.raises(errors.InvalidRequest) as caught:
+        await limited.generate(book.id, "######", 4)
+    assert caught.value.extra["field"] == "generate.count"
+    with pytest.raises(errors.InvalidRequest):
+        await limited.create(CreateBook(name="big", initialCouponAmount=4))
+
+    assert await redis.scard("cb:{book:1}:free") == 0
+    assert (await limited.upload(book.id, ["A1", "A2", "A3"])).added == 3
+
+
+# --- generate ----------------------------------------------------------------
+
+
+async def test_generate_adds_new_codes_following_the_pattern(make_book, books, redis, events):
+    book = await make_book(["EXISTING"])
+
+    result = await books.generate(book.id, "GEN-######-x", 200)
+
+    assert result.added == 200
+    assert result.refusedCount == 0
+    assert result.codes is not None and len(set(result.codes)) == 200
+    assert all(re.fullmatch(f"GEN-{CHAR}{{6}}-x", code) for code in result.codes)
+    # 1,200 random characters: every one of the 32 shows up, and nothing else.
+    assert {c for code in result.codes for c in code[4:10]} == set(ALPHABET)
+    assert await redis.smembers("cb:{book:1}:free") == {"EXISTING", *result.codes}
+    assert await redis.hget("cb:{book:1}:meta", "total") == "201"
+    assert (await events(book.id))[-1]["count"] == "200"
+
+
+async def test_generate_redraws_codes_that_are_taken(make_book, books, redis):
+    first, second = await make_book(), await make_book()
+    # "##" has 1,024 codes; 10 at a time is allowed, and collisions become likely.
+    seen: set[str] = set()
+    for book in (first, second) * 8:
+        result = await books.generate(book.id, "##", 10)
+        assert result.added == 10 and result.codes is not None
+        assert seen.isdisjoint(result.codes)
+        seen.update(result.codes)
+
+    free = await redis.smembers("cb:{book:1}:free") | await redis.smembers("cb:{book:2}:free")
+    assert free == seen and len(seen) == 160
+
+
+async def test_generate_gives_up_when_the_pattern_is_used_up(make_book, books, redis):
+    await make_book([a + b for a in ALPHABET for b in ALPHABET])  # every code of "##"
+    book = await make_book()
+
+    with pytest.raises(errors.Conflict):
+        await books.generate(book.id, "##", 1)
+
+    assert await redis.hget("cb:{book:2}:meta", "total") == "0"
+    assert await redis.scard("cb:{book:2}:free") == 0
+
+
+@pytest.mark.parametrize("pattern, count", [("X-##", 11), ("###", 328), ("NOHASH", 1)])
+async def test_generate_refuses_guessable_patterns(make_book, books, redis, pattern, count):
+    book = await make_book()
+
+    with pytest.raises(errors.InvalidRequest) as caught:
+        await books.generate(book.id, pattern, count)
+
+    assert caught.value.extra["field"] == "generate.pattern"
+    assert await redis.hget("cb:{book:1}:meta", "total") == "0"
+
+
+async def test_book_counts_after_a_mix_of_operations(make_book, books, coupons, writer):
+    codes = [f"C{i}" for i in range(10)]
+    book = await make_book(codes, multipleRedeemsAllowed=True)
+    for code in codes[:4]:
+        await coupons.assign_code(writer, code, "bob", None, None)
+    await coupons.assign_random(writer, book.id, "carol", None)
+    held = await coupons.lock(writer, "C0", "bob", None)
+    released = await coupons.lock(writer, "C1", "bob", None)
+    await coupons.lock(writer, "C2", "bob", None)
+    await coupons.unlock(writer, "C1", "bob", released.lockToken)
+    await coupons.redeem(writer, "C0", "bob", held.lockToken, None)
+    await coupons.redeem(writer, "C3", "bob", None, None)
+    await coupons.redeem(writer, "C3", "bob", None, None)
+
+    counts = (await books.get(book.id)).counts
+
+    assert (counts.total, counts.available, counts.assigned) == (10, 5, 5)
+    assert counts.locked == 1  # C2: C1 was unlocked, C0's lock ended with its redemption
+    assert counts.redeemed == 3  # redemptions, not codes: C3 counts twice
+    assert counts.available + counts.assigned == counts.total

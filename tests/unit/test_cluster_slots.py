@@ -1,0 +1,86 @@
+"""Every script call's keys hash to one cluster slot, and every script gets exercised."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from couponsvc.books import Books
+from couponsvc.coupons import Coupons, Idempotency
+from couponsvc.schemas import CreateBook
+from couponsvc.scripts import NAMES, Scripts
+from couponsvc.settings import Settings
+from couponsvc.store import Store
+
+pytestmark = pytest.mark.unit
+
+
+class RecordingScripts(Scripts):
+    """Scripts that note the name and keys of every call."""
+
+    def __init__(self, redis: Any) -> None:
+        super().__init__(redis)
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+        self.calls.append((name, tuple(keys)))
+        return await super().run(name, keys, args)
+
+    async def run_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+                       ) -> list[Any]:
+        self.calls.extend((name, tuple(keys)) for keys, _ in calls)
+        return await super().run_many(name, calls)
+
+
+async def exercise(books: Books, coupons: Coupons, writer: Any) -> None:
+    """One of every operation, including the optional idempotency key."""
+    book = await books.create(CreateBook(name="slots", multipleRedeemsAllowed=True,
+                                         initialCouponAmount=3))
+    await books.upload(book.id, ["UP-1", "UP-2", "UP-3"])
+    await books.generate(book.id, "G-######", 5)
+    await books.get(book.id)
+    await coupons.assign_random(writer, book.id, "bob", Idempotency("checkout", "k1", "fp1"))
+    await coupons.assign_code(writer, "UP-1", "bob", book.id, Idempotency("checkout", "k2", "fp2"))
+    lock = await coupons.lock(writer, "UP-1", "bob", None)
+    await coupons.unlock(writer, "UP-1", "bob", lock.lockToken)
+    await coupons.redeem(writer, "UP-1", "bob", None, Idempotency("checkout", "k3", "fp3"))
+    await coupons.list_for_user(writer, "bob", None, 10, None)
+
+
+@pytest.fixture
+async def recorded(redis, writer):
+    scripts = RecordingScripts(redis)
+    await scripts.load()
+    store = Store(redis, scripts, Settings(env="dev", key_prefix="shop7"))
+    await exercise(Books(store), Coupons(store), writer)
+    return scripts.calls
+
+
+async def test_every_script_is_exercised(recorded):
+    assert {name for name, _ in recorded} == set(NAMES)
+
+
+async def test_keys_of_each_call_share_one_slot(recorded):
+    for name, keys in recorded:
+        assert keys, name
+        assert len({key_slot(key.encode()) for key in keys}) == 1, (name, keys)
+        assert all(key.startswith("shop7:{") for key in keys), (name, keys)
+
+
+async def test_optional_idempotency_key_shares_the_book_slot(recorded):
+    with_idem = [(name, keys) for name, keys in recorded if ":idem:" in keys[-1]]
+
+    assert sorted(name for name, _ in with_idem) == ["assign_code", "assign_random", "redeem"]
+    for _, keys in with_idem:
+        assert keys[-1].startswith("shop7:{book:1}:idem:")
+        assert key_slot(keys[-1].encode()) == key_slot(keys[0].encode())
+
+
+async def test_every_key_written_carries_the_prefix(recorded, redis):
+    stored = await redis.keys("*")
+
+    assert stored
+    assert [key for key in stored if not key.startswith("shop7:")] == []

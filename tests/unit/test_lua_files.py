@@ -1,0 +1,143 @@
+"""The Lua files: documented headers, no keyspace walks, registered and called by SHA."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from couponsvc.scripts import NAMES, PRELUDE, Scripts, source
+
+pytestmark = pytest.mark.unit
+
+LUA_DIR = Path(__file__).resolve().parents[2] / "lua"
+OPERATIONS = sorted(p for p in LUA_DIR.glob("*.lua") if p.stem != PRELUDE)
+ALL_FILES = sorted(LUA_DIR.glob("*.lua"))
+
+
+def header(path: Path) -> str:
+    """The comment block the file starts with."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("--"):
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def body(path: Path) -> str:
+    return "\n".join(line for line in path.read_text().splitlines()
+                     if not line.lstrip().startswith("--"))
+
+
+def test_one_file_per_script():
+    assert sorted(p.stem for p in OPERATIONS) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("path", OPERATIONS, ids=lambda p: p.stem)
+def test_header_documents_keys_argv_and_reply(path):
+    text = header(path)
+
+    assert "KEYS[1]" in text
+    assert "ARGV" in text
+    assert "Returns" in text
+
+
+@pytest.mark.parametrize("path", OPERATIONS, ids=lambda p: p.stem)
+def test_every_key_and_argument_used_is_documented(path):
+    text = header(path)
+
+    for kind in ("KEYS", "ARGV"):
+        for index in set(re.findall(rf"\b{kind}\[(\d+)\]", body(path))):
+            assert f"{kind}[{index}]" in text or f"{kind}[{index}.." in text, (kind, index)
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.stem)
+def test_no_keyspace_walks(path):
+    calls = re.findall(r"redis\.p?call\(\s*['\"](\w+)['\"]", path.read_text())
+
+    assert calls, "every script talks to Redis"
+    assert {c.upper() for c in calls}.isdisjoint({"KEYS", "SCAN"})
+
+
+def test_source_is_prelude_then_operation():
+    text = source("lock")
+
+    assert text.startswith((LUA_DIR / "_prelude.lua").read_text())
+    assert text.endswith((LUA_DIR / "lock.lua").read_text())
+
+
+async def test_load_registers_every_script(redis):
+    scripts = Scripts(redis)
+    await scripts.load()
+    shas = [script.sha for script in scripts._scripts.values()]
+
+    assert len(set(shas)) == len(NAMES)
+    assert await redis.script_exists(*shas) == [True] * len(NAMES)
+
+
+async def test_scripts_survive_a_flushed_script_cache(redis, scripts):
+    await redis.hset("cb:{book:1}:meta", mapping={"id": "b1", "lockTtlMs": 1000})
+    await redis.script_flush()
+
+    reply = await scripts.run("read_book", ["cb:{book:1}:meta", "cb:{book:1}:free",
+                                            "cb:{book:1}:locks"])
+    assert reply[:3] == ["ok", 0, 0]
+
+    await redis.script_flush()
+    replies = await scripts.run_many("claim_codes", [(["cb:{dir:0001}"], [1, "X", "Y"]),
+                                                     (["cb:{dir:0002}"], [2, "X"])])
+    assert replies == ["nn", "n"]
+
+
+# --- script replies, called directly -------------------------------------------------
+
+
+async def test_claim_codes_flags(scripts, redis):
+    bucket = ["cb:{dir:0001}"]
+    assert await scripts.run("claim_codes", bucket, [1, "A", "B"]) == "nn"
+
+    assert await scripts.run("claim_codes", bucket, [1, "A", "C"]) == "sn"
+    assert await scripts.run("claim_codes", bucket, [2, "A", "B", "D"]) == "oon"
+    assert await redis.hgetall("cb:{dir:0001}") == {"A": "1", "B": "1", "C": "1", "D": "2"}
+
+
+async def test_create_book_refuses_an_existing_book(scripts, redis):
+    keys = ["cb:{book:9}:meta", "cb:{book:9}:events"]
+    status, created_at = await scripts.run("create_book", keys, ["id-1", "name", "one"])
+    assert status == "ok" and created_at > 0
+
+    assert await scripts.run("create_book", keys, ["id-2", "name", "two"]) == ["exists"]
+    assert await redis.hmget("cb:{book:9}:meta", "id", "name") == ["id-1", "one"]
+    assert await redis.xlen("cb:{book:9}:events") == 1
+
+
+async def test_add_codes_flags(scripts, redis):
+    keys = ["cb:{book:9}:meta", "cb:{book:9}:free", "cb:{book:9}:assigned", "cb:{book:9}:events"]
+    assert await scripts.run("add_codes", keys, ["A"]) == ["book_not_found"]
+    await scripts.run("create_book", keys[:1] + keys[3:], ["id-1", "name", "n"])
+    await redis.hset("cb:{book:9}:assigned", "GONE", "bob|1|0|0|1")
+
+    assert await scripts.run("add_codes", keys, ["A", "B", "A", "GONE"]) == ["ok", "aadd"]
+    assert await redis.smembers("cb:{book:9}:free") == {"A", "B"}
+    assert await redis.hget("cb:{book:9}:meta", "total") == "2"
+
+
+@pytest.mark.parametrize(
+    "name, keys, args",
+    [
+        ("read_book", ["meta", "free", "locks"], []),
+        ("list_user_codes", ["meta", "user:bob", "assigned", "locks"], ["", 10]),
+        ("assign_random", ["meta", "free", "assigned", "user:bob", "locks", "events"],
+         ["bob", ""]),
+        ("lock", ["meta", "assigned", "lock:C", "locks", "events"], ["C", "bob", "t", ""]),
+        ("unlock", ["meta", "assigned", "lock:C", "locks", "events"], ["C", "bob", "t"]),
+        ("redeem", ["meta", "assigned", "lock:C", "locks", "events"], ["C", "bob", "", ""]),
+    ],
+)
+async def test_scripts_report_a_missing_book(scripts, redis, name, keys, args):
+    reply = await scripts.run(name, [f"cb:{{book:9}}:{key}" for key in keys], args)
+
+    assert reply == ["book_not_found"]
+    assert await redis.keys("*") == []

@@ -1,0 +1,130 @@
+"""The OpenAPI document built from the route table."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from couponsvc import openapi
+from couponsvc.errors import PROBLEM_MEDIA_TYPE
+from couponsvc.routes import OPERATIONS
+
+pytestmark = pytest.mark.unit
+
+REF = re.compile(r"#/components/schemas/(\w+)")
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    return openapi.build(OPERATIONS)
+
+
+def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            yield path, method, operation
+
+
+def refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from refs(value)
+
+
+def test_version_and_info(document):
+    assert document["openapi"].startswith("3.1.")
+    assert document["info"]["title"] and document["info"]["version"]
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
+def test_every_route_is_documented_once(document):
+    documented = {(path, method) for path, method, _ in operations(document)}
+
+    assert documented == {(op.path, op.method.lower()) for op in OPERATIONS}
+    assert len(documented) == len(OPERATIONS)
+    ids = [operation["operationId"] for _, _, operation in operations(document)]
+    assert len(ids) == len(set(ids))
+
+
+def test_every_reference_resolves(document):
+    schemas = document["components"]["schemas"]
+    found = list(refs(document))
+
+    assert found
+    for ref in found:
+        match = REF.fullmatch(ref)
+        assert match, ref
+        assert match.group(1) in schemas, ref
+
+
+def test_request_bodies(document):
+    for op in OPERATIONS:
+        operation = document["paths"][op.path][op.method.lower()]
+        if op.method == "POST":
+            body = operation["requestBody"]
+            assert body["required"] is True
+            schema = body["content"]["application/json"]["schema"]
+            assert schema == {"$ref": f"#/components/schemas/{op.request.__name__}"}
+        else:
+            assert "requestBody" not in operation
+
+
+def test_path_parameters_are_declared(document):
+    for path, _, operation in operations(document):
+        declared = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
+        assert declared == set(re.findall(r"{(\w+)}", path))
+
+
+def test_errors_are_problem_documents(document):
+    problem = document["components"]["schemas"]["Problem"]
+    assert {"type", "title", "status", "detail"} <= set(problem["required"])
+
+    for op in OPERATIONS:
+        responses = document["paths"][op.path][op.method.lower()]["responses"]
+        errors = {status for status in map(int, responses) if status >= 400}
+        # Only /readyz answers 503 with its own body (the health report).
+        assert errors - set(op.responses) == set(op.errors), op.path
+        for status in op.errors:
+            content = responses[str(status)]["content"]
+            assert content == {PROBLEM_MEDIA_TYPE: {"schema": {
+                "$ref": "#/components/schemas/Problem"}}}, (op.path, status)
+            if status in (423, 503):
+                assert "Retry-After" in responses[str(status)]["headers"]
+
+
+def test_write_routes_document_auth_and_validation_errors():
+    for op in OPERATIONS:
+        if op.auth:
+            assert {401, 503} <= set(op.errors), op.path
+        if op.method == "POST":
+            assert {400, 401, 403, 415} <= set(op.errors), op.path
+        if op.idempotent or "{code}" in op.path:
+            assert 409 in op.errors, op.path
+
+
+def test_idempotent_routes_take_the_header(document):
+    for op in OPERATIONS:
+        params = document["paths"][op.path][op.method.lower()]["parameters"]
+        has_header = any(p["in"] == "header" and p["name"] == "Idempotency-Key" for p in params)
+        assert has_header == op.idempotent, op.path
+
+
+def test_security(document):
+    for op in OPERATIONS:
+        security = document["paths"][op.path][op.method.lower()]["security"]
+        assert security == ([{"bearerAuth": []}] if op.auth else []), op.path
+
+
+def test_encoded_document_matches(document):
+    assert msgspec.json.decode(openapi.encoded(OPERATIONS)) == msgspec.json.decode(
+        msgspec.json.encode(document))

@@ -1,0 +1,319 @@
+"""Settings.from_env, TokenVerifier and the scope rules of Principal."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from couponsvc import errors
+from couponsvc.auth import ADMIN, WRITE, Principal, TokenVerifier, issue_token
+from couponsvc.settings import DEV_SECRET, Settings, SettingsError
+
+pytestmark = pytest.mark.unit
+
+SECRET = "s" * 32
+PROD = {"COUPONSVC_ENV": "prod", "COUPONSVC_DATABASE_URL": "postgresql://db/coupons",
+        "COUPONSVC_JWT_SECRET": SECRET}
+
+
+def pem(private_key) -> str:
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def claims(**extra):
+    now = int(time.time())
+    return {"sub": "alice", "iat": now, "exp": now + 60, **extra}
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+@pytest.fixture(scope="module")
+def rsa_key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def ec_key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+# --- settings ----------------------------------------------------------------
+
+
+def test_dev_defaults():
+    settings = Settings.from_env({"COUPONSVC_ENV": "dev"})
+
+    assert settings.dev
+    assert (settings.redis_url, settings.host, settings.port) == (
+        "redis://127.0.0.1:6379/0", "127.0.0.1", 8000)
+    assert (settings.key_prefix, settings.jwt_algorithm, settings.jwt_secret) == (
+        "cb", "HS256", DEV_SECRET)
+    assert (settings.jwt_audience, settings.jwt_issuer) == (None, None)
+    assert settings.max_upload_codes == 1_000_000
+
+
+def test_values_are_read_and_trimmed():
+    settings = Settings.from_env({
+        **PROD, "COUPONSVC_REDIS_URL": " redis://cache:6380/2 ", "COUPONSVC_PORT": "9000",
+        "COUPONSVC_KEY_PREFIX": "shop", "COUPONSVC_JWT_AUDIENCE": "coupons",
+        "COUPONSVC_JWT_ISSUER": "https://auth.example", "COUPONSVC_MAX_UPLOAD_CODES": "10",
+    })
+
+    assert not settings.dev
+    assert (settings.redis_url, settings.port, settings.key_prefix) == (
+        "redis://cache:6380/2", 9000, "shop")
+    assert (settings.jwt_audience, settings.jwt_issuer) == ("coupons", "https://auth.example")
+    assert settings.max_upload_codes == 10
+    assert SECRET not in repr(settings)
+
+
+@pytest.mark.parametrize("secret", [None, "", "   ", "x" * 31, DEV_SECRET])
+def test_production_refuses_a_missing_short_or_default_secret(secret):
+    env = {k: v for k, v in PROD.items() if k != "COUPONSVC_JWT_SECRET"}
+    if secret is not None:
+        env["COUPONSVC_JWT_SECRET"] = secret
+
+    with pytest.raises(SettingsError, match="JWT_SECRET"):
+        Settings.from_env(env)
+
+
+def test_production_needs_a_database():
+    env = {k: v for k, v in PROD.items() if k != "COUPONSVC_DATABASE_URL"}
+
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        Settings.from_env(env)
+
+
+def test_production_accepts_a_32_byte_secret():
+    assert Settings.from_env(PROD).jwt_secret == SECRET
+
+
+def test_dev_accepts_a_short_secret():
+    assert Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_JWT_SECRET": "short"}).dev
+
+
+def test_environment_defaults_to_production():
+    env = {k: v for k, v in PROD.items() if k != "COUPONSVC_ENV"}
+
+    assert Settings.from_env(env).env == "prod"
+    with pytest.raises(SettingsError, match="JWT_SECRET"):
+        Settings.from_env({"COUPONSVC_DATABASE_URL": "postgresql://db/coupons"})
+
+
+@pytest.mark.parametrize("prefix", ["", "a{b", "a}b", "a:b", "a b"])
+def test_bad_key_prefix(prefix):
+    with pytest.raises(SettingsError, match="KEY_PREFIX"):
+        Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_KEY_PREFIX": prefix})
+
+
+@pytest.mark.parametrize("name", ["PORT", "MAX_UPLOAD_CODES", "MAX_BODY_BYTES"])
+def test_integers_must_be_integers(name):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({"COUPONSVC_ENV": "dev", f"COUPONSVC_{name}": "many"})
+
+
+def test_public_keys_choose_their_algorithm(rsa_key, ec_key):
+    for key, algorithm in ((rsa_key, "RS256"), (ec_key, "ES256")):
+        settings = Settings.from_env({**PROD, "COUPONSVC_JWT_SECRET": "",
+                                      "COUPONSVC_JWT_PUBLIC_KEY": pem(key)})
+        assert settings.jwt_algorithm == algorithm
+        token = jwt.encode(claims(), key, algorithm=algorithm)
+        assert TokenVerifier(settings).verify(bearer(token)).sub == "alice"
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "none", "PS512"])
+def test_public_key_needs_an_asymmetric_algorithm(rsa_key, algorithm):
+    with pytest.raises(SettingsError, match="ALGORITHM"):
+        Settings.from_env({**PROD, "COUPONSVC_JWT_PUBLIC_KEY": pem(rsa_key),
+                           "COUPONSVC_JWT_ALGORITHM": algorithm})
+
+
+def test_asymmetric_algorithm_needs_a_public_key():
+    with pytest.raises(SettingsError, match="PUBLIC_KEY"):
+        Settings.from_env({**PROD, "COUPONSVC_JWT_ALGORITHM": "RS256"})
+
+
+def test_public_key_must_be_pem():
+    with pytest.raises(SettingsError, match="PUBLIC_KEY"):
+        Settings.from_env({**PROD, "COUPONSVC_JWT_PUBLIC_KEY": "not a key"})
+
+
+# --- tokens ------------------------------------------------------------------
+
+
+@pytest.fixture
+def hs_settings() -> Settings:
+    return Settings(env="prod", jwt_secret=SECRET, database_url="postgresql://db/coupons")
+
+
+def test_valid_token_gives_the_principal(hs_settings):
+    token = jwt.encode(claims(scope=f"{WRITE} {ADMIN} other"), SECRET, algorithm="HS256")
+
+    principal = TokenVerifier(hs_settings).verify(bearer(token))
+
+    assert principal == Principal("alice", frozenset({WRITE, ADMIN, "other"}))
+
+
+def test_token_without_scope_is_an_end_user(hs_settings):
+    principal = TokenVerifier(hs_settings).verify(bearer(jwt.encode(claims(), SECRET)))
+
+    assert principal.scopes == frozenset()
+    assert not principal.acts_for_anyone
+
+
+def test_scheme_is_case_insensitive(hs_settings):
+    token = jwt.encode(claims(), SECRET)
+
+    assert TokenVerifier(hs_settings).verify(f"bearer  {token} ").sub == "alice"
+
+
+def segment(data) -> bytes:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=")
+
+
+def unsigned(payload) -> str:
+    return (segment({"alg": "none", "typ": "JWT"}) + b"." + segment(payload) + b".").decode()
+
+
+def hs256_with(key: bytes, payload) -> str:
+    """An HS256 token signed with any bytes (PyJWT refuses PEM keys as HMAC secrets)."""
+    signing_input = segment({"alg": "HS256", "typ": "JWT"}) + b"." + segment(payload)
+    signature = hmac.new(key, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
+
+
+def without(name: str) -> dict:
+    return {k: v for k, v in claims().items() if k != name}
+
+
+# Built when the test runs, so no token expires between collection and use.
+BAD_HEADERS = {
+    "missing": lambda: None,
+    "empty": lambda: "",
+    "scheme-only": lambda: "Bearer",
+    "scheme-blank": lambda: "Bearer   ",
+    "basic": lambda: f"Basic {base64.b64encode(b'alice:pw').decode()}",
+    "other-scheme": lambda: f"Token {jwt.encode(claims(), SECRET)}",
+    "garbage": lambda: bearer("not.a.jwt"),
+    "alg-none": lambda: bearer(unsigned(claims(scope=ADMIN))),
+    "wrong-key": lambda: bearer(jwt.encode(claims(), "w" * 32)),
+    "wrong-alg": lambda: bearer(jwt.encode(claims(), SECRET * 2, algorithm="HS512")),
+    "expired": lambda: bearer(jwt.encode(claims(exp=int(time.time()) - 10), SECRET)),
+    "no-sub": lambda: bearer(jwt.encode(without("sub"), SECRET)),
+    "no-exp": lambda: bearer(jwt.encode(without("exp"), SECRET)),
+    "empty-sub": lambda: bearer(jwt.encode(claims(sub=""), SECRET)),
+    "number-sub": lambda: bearer(jwt.encode(claims(sub=42), SECRET)),
+    "scope-list": lambda: bearer(jwt.encode(claims(scope=[ADMIN]), SECRET)),
+    "bad-signature": lambda: bearer(jwt.encode(claims(), SECRET)[:-4] + "AAAA"),
+}
+
+
+@pytest.mark.parametrize("make_header", BAD_HEADERS.values(), ids=BAD_HEADERS.keys())
+def test_bad_tokens_are_unauthorized(hs_settings, make_header):
+    with pytest.raises(errors.Unauthorized) as caught:
+        TokenVerifier(hs_settings).verify(make_header())
+
+    assert caught.value.status == 401
+    assert caught.value.headers()["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_audience_and_issuer_when_configured():
+    settings = Settings(env="dev", jwt_secret=SECRET, jwt_audience="coupons",
+                        jwt_issuer="https://auth.example")
+    verifier = TokenVerifier(settings)
+    good = {"aud": "coupons", "iss": "https://auth.example"}
+
+    assert verifier.verify(bearer(jwt.encode(claims(**good), SECRET))).sub == "alice"
+    for wrong in ({"aud": "other"}, {"iss": "https://evil.example"}, {"aud": None},
+                  {"iss": None}):
+        payload = {k: v for k, v in {**claims(**good), **wrong}.items() if v is not None}
+        with pytest.raises(errors.Unauthorized):
+            verifier.verify(bearer(jwt.encode(payload, SECRET)))
+
+
+def test_rs256_tokens_with_a_public_key(rsa_key):
+    settings = Settings(env="prod", database_url="postgresql://db/coupons",
+                        jwt_public_key=pem(rsa_key), jwt_algorithm="RS256")
+    verifier = TokenVerifier(settings)
+
+    token = jwt.encode(claims(scope=WRITE), rsa_key, algorithm="RS256")
+    assert verifier.verify(bearer(token)) == Principal("alice", frozenset({WRITE}))
+
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(errors.Unauthorized):
+        verifier.verify(bearer(jwt.encode(claims(), other_key, algorithm="RS256")))
+    # Algorithm confusion: an HS256 token keyed with the public key itself.
+    with pytest.raises(errors.Unauthorized):
+        verifier.verify(bearer(hs256_with(pem(rsa_key).encode(), claims(scope=ADMIN))))
+    with pytest.raises(errors.Unauthorized):
+        verifier.verify(bearer(jwt.encode(claims(), SECRET, algorithm="HS256")))
+
+
+def test_es256_tokens_with_a_public_key(ec_key):
+    settings = Settings(env="dev", jwt_public_key=pem(ec_key), jwt_algorithm="ES256")
+
+    token = jwt.encode(claims(), ec_key, algorithm="ES256")
+    assert TokenVerifier(settings).verify(bearer(token)).sub == "alice"
+
+
+def test_issued_tokens_verify(hs_settings):
+    token = issue_token(hs_settings, "svc", scope=WRITE, ttl_seconds=60)
+
+    assert TokenVerifier(hs_settings).verify(bearer(token)) == Principal("svc", frozenset({WRITE}))
+
+
+def test_tokens_cannot_be_issued_with_a_public_key(ec_key):
+    with pytest.raises(ValueError):
+        issue_token(Settings(env="dev", jwt_public_key=pem(ec_key), jwt_algorithm="ES256"), "x")
+
+
+# --- scopes ------------------------------------------------------------------
+
+
+def test_admin_scope_is_required_for_admin_operations():
+    Principal("root", frozenset({ADMIN})).require_admin()
+    for scopes in (frozenset(), frozenset({WRITE}), frozenset({"coupons:admin2"})):
+        with pytest.raises(errors.Forbidden):
+            Principal("x", scopes).require_admin()
+
+
+def test_end_users_act_only_for_themselves():
+    alice = Principal("alice", frozenset())
+    alice.require_user("alice")
+    with pytest.raises(errors.Forbidden):
+        alice.require_user("bob")
+    for scope in (WRITE, ADMIN):
+        Principal("svc", frozenset({scope})).require_user("bob")
+
+
+def test_a_remembered_token_still_expires(hs_settings):
+    verifier = TokenVerifier(hs_settings)
+    exp = int(time.time()) + 1
+    header = bearer(jwt.encode(claims(exp=exp), SECRET))
+    assert verifier.verify(header).sub == "alice"
+    assert verifier.verify(header).sub == "alice"  # answered from the cache
+
+    time.sleep(max(0.0, exp - time.time()) + 0.05)
+
+    with pytest.raises(errors.Unauthorized, match="expired"):
+        verifier.verify(header)
+
+
+def test_a_refused_token_stays_refused(hs_settings):
+    verifier = TokenVerifier(hs_settings)
+    header = bearer(jwt.encode(claims(), "w" * 32))
+
+    for _ in range(2):
+        with pytest.raises(errors.Unauthorized):
+            verifier.verify(header)
