@@ -45,8 +45,16 @@ async def read_body(request: Request, limit: int = SMALL_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+
+
+def is_text(request: Request) -> bool:
+    return _media_type(request) == "text/plain"
+
+
 def _check_json(request: Request) -> None:
-    media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    media = _media_type(request)
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {media}")
 

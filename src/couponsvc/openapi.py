@@ -94,10 +94,10 @@ def _operation(op: Operation, schema_of: dict[int, Any]) -> dict[str, Any]:
         "security": [{"bearerAuth": []}] if op.auth else [],
     }
     if op.request is not None:
-        document["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": schema_of[id(op.request)]}},
-        }
+        content: dict[str, Any] = {"application/json": {"schema": schema_of[id(op.request)]}}
+        if op.text_body is not None:
+            content["text/plain"] = {"schema": {"type": "string", "description": op.text_body}}
+        document["requestBody"] = {"required": True, "content": content}
     return document
 
 

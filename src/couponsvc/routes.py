@@ -16,9 +16,11 @@ from couponsvc.coupons import Idempotency
 from couponsvc.http import (
     fingerprint,
     idempotency_key,
+    is_text,
     json_body,
     json_response,
     query_int,
+    read_body,
 )
 from couponsvc.outbox_stats import outbox_gauges
 from couponsvc.services import Services
@@ -77,6 +79,8 @@ async def get_book(request: Request) -> Response:
 async def upload_codes(request: Request) -> Response:
     _principal(request).require_admin()
     services = _services(request)
+    if is_text(request):
+        return await _upload_text(request, services)
     req, _ = await json_body(request, schemas.UploadCodes, services.settings.max_body_bytes)
     if (req.codes is None) == (req.generate is None):
         raise errors.InvalidRequest("send exactly one of codes or generate", field="codes")
@@ -87,6 +91,22 @@ async def upload_codes(request: Request) -> Response:
         assert req.codes is not None
         result = await services.books.upload(req.couponBookId, req.codes)
     return json_response(result)
+
+
+async def _upload_text(request: Request, services: Services) -> Response:
+    """A text/plain body: one code per line, the book in ?couponBookId= (what
+    `couponsvc upload` sends: no JSON to build or parse for a million codes)."""
+    book_id = request.query_params.get("couponBookId", "")
+    if not _UUID.fullmatch(book_id):
+        raise errors.InvalidRequest("a text/plain upload needs ?couponBookId=<book id>",
+                                    field="couponBookId")
+    body = await read_body(request, services.settings.max_body_bytes)
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise errors.InvalidRequest("the body must be UTF-8 text", field="codes") from None
+    codes = [line.strip() for line in text.splitlines() if line.strip()]
+    return json_response(await services.books.upload(book_id, codes))
 
 
 async def assign_random(request: Request) -> Response:
@@ -194,6 +214,8 @@ class Operation:
     auth: bool = True
     idempotent: bool = False
     query: tuple[tuple[str, str, type[Any]], ...] = ()
+    # Also accepts a text/plain body (one item per line); described in OpenAPI.
+    text_body: str | None = None
 
 
 _WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 415, 503)
@@ -207,7 +229,9 @@ OPERATIONS: tuple[Operation, ...] = (
               {200: ("The coupon book", schemas.Book)}, (401, 403, 404, 503)),
     Operation("POST", "/coupons/codes", upload_codes, "uploadCouponCodes",
               "Upload or generate codes for a coupon book", "coupons", schemas.UploadCodes,
-              {200: ("Codes added and refused", schemas.UploadResult)}, _WRITE_ERRORS),
+              {200: ("Codes added and refused", schemas.UploadResult)}, _WRITE_ERRORS,
+              query=(("couponBookId", "The book, for a text/plain body", str),),
+              text_body="One code per line; the book in the couponBookId query parameter"),
     Operation("POST", "/coupons/assign", assign_random, "assignRandomCoupon",
               "Assign a random free code of a book to a user", "coupons", schemas.AssignRandom,
               {200: ("The assigned code", schemas.Coupon)}, _WRITE_ERRORS, idempotent=True),

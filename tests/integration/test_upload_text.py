@@ -1,0 +1,96 @@
+"""Uploading codes as text/plain, and `couponsvc upload` streaming a file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from .support import PROJECT_ROOT, Api, ApiServer, assert_problem, book_keys, new_code
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_text_body_adds_one_code_per_line(api: Api, redis: Redis) -> None:
+    book, [existing] = await api.book_with_codes(1)
+    fresh = [new_code() for _ in range(3)]
+    body = "\n".join([fresh[0], f"  {fresh[1]}  ", "", existing, "bad code!", fresh[2]])
+
+    response = await api.client.post(
+        "/coupons/codes", params={"couponBookId": book["id"]}, content=body.encode(),
+        headers={"Authorization": f"Bearer {api.server.admin}", "Content-Type": "text/plain"})
+
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["added"] == 3
+    assert result["refused"] == {"duplicates": [existing], "inOtherBook": [],
+                                 "invalid": ["bad code!"]}
+    keys = await book_keys(redis, book["id"])
+    assert await redis.smembers(f"{keys}:free") == {existing, *fresh}
+
+
+@pytest.mark.parametrize("params", [{}, {"couponBookId": "not-a-book"}])
+async def test_a_text_body_needs_the_book_in_the_query(api: Api, params: dict[str, str]) -> None:
+    response = await api.client.post(
+        "/coupons/codes", params=params, content=b"ABC\n",
+        headers={"Authorization": f"Bearer {api.server.admin}", "Content-Type": "text/plain"})
+
+    problem = assert_problem(response, 400, "invalid-request")
+    assert problem["field"] == "couponBookId"
+
+
+async def test_a_text_body_that_is_not_utf8_is_400(api: Api) -> None:
+    book, _ = await api.book_with_codes(1)
+    response = await api.client.post(
+        "/coupons/codes", params={"couponBookId": book["id"]}, content=b"\xff\xfe\n",
+        headers={"Authorization": f"Bearer {api.server.admin}", "Content-Type": "text/plain"})
+
+    assert_problem(response, 400, "invalid-request")
+
+
+def _run_upload(api_server: ApiServer, book_id: str, path: Path, token: str,
+                *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "couponsvc", "upload", str(path), "--book", book_id,
+         "--url", api_server.base_url, "--chunk", "7", *extra],
+        capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT,
+        env={"PATH": "/usr/bin:/bin", "COUPONSVC_TOKEN": token},
+    )
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".csv"])
+async def test_the_upload_command_streams_a_file_in_chunks(
+    api: Api, redis: Redis, tmp_path: Path, suffix: str
+) -> None:
+    book, [existing] = await api.book_with_codes(1)
+    fresh = [new_code() for _ in range(20)]
+    path = tmp_path / f"codes{suffix}"
+    if suffix == ".csv":
+        rows = ["code,note", *(f"{c},x" for c in [*fresh, existing]), "bad code!,y"]
+    else:
+        rows = [*fresh, existing, "bad code!"]
+    path.write_text("\n".join(rows) + "\n")
+
+    done = _run_upload(api.server, book["id"], path, api.server.admin)
+
+    assert done.returncode == 0, done.stderr
+    assert "added 20, refused 2 (duplicates 1, in another book 0, invalid 1)" in done.stdout
+    assert "22/22 codes" in done.stderr  # the progress bar reached the end
+    keys = await book_keys(redis, book["id"])
+    assert await redis.smembers(f"{keys}:free") == {existing, *fresh}
+
+
+async def test_the_upload_command_fails_loudly_without_admin_rights(
+    api: Api, tmp_path: Path
+) -> None:
+    book, _ = await api.book_with_codes(1)
+    path = tmp_path / "codes.txt"
+    path.write_text(new_code() + "\n")
+
+    done = _run_upload(api.server, book["id"], path, api.server.writer)
+
+    assert done.returncode != 0
+    assert "403" in done.stderr
