@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import asyncpg
+
 from couponsvc import codes as coderules
 from couponsvc import errors
 from couponsvc.keys import directory_bucket
@@ -57,7 +59,7 @@ class Books:
         if req.initialCouponAmount:
             self._check_count(req.initialCouponAmount, "initialCouponAmount")
             coderules.check_pattern(pattern, req.initialCouponAmount, "codePattern")
-        book = await self._new_book()
+        book = await self._new_book(req)
         store = self.store
         number = book.number
         fields: dict[str, str | int] = {
@@ -74,8 +76,6 @@ class Books:
         for name, moment in (("validFrom", req.validFrom), ("validUntil", req.validUntil)):
             if moment is not None:
                 fields[name] = int(moment.timestamp() * 1000)
-        if self.records is not None:
-            await self.records.insert_book(_book_row(book, req))
         args = [book.id, *(item for pair in fields.items() for item in pair)]
         reply = await store.run("create_book", [book.keys.meta, book.keys.events], args)
         if reply[0] != "ok":
@@ -85,15 +85,22 @@ class Books:
             await self._generate(book, pattern, req.initialCouponAmount)
         return await self.get(book.id)
 
-    async def _new_book(self) -> Located:
-        """A fresh id and an unused book number. Numbers come from INCR, so two
-        creators never share one; a sequence that fell behind (a Redis restored
-        without it) is skipped past rather than trusted."""
+    async def _new_book(self, req: CreateBook) -> Located:
+        """A fresh id and an unused book number, recorded in Postgres first.
+        Numbers come from INCR, so two creators never share one; a sequence
+        that fell behind (a Redis restored without it) is skipped past."""
         store = self.store
         for _ in range(NUMBER_ATTEMPTS):
             number = int(await store.redis.incr(store.keys.book_seq))
-            if not await store.redis.exists(store.keys.book(number).meta):
-                return Located(number=number, keys=store.keys.book(number), id=str(uuid.uuid4()))
+            if await store.redis.exists(store.keys.book(number).meta):
+                continue
+            book = Located(number=number, keys=store.keys.book(number), id=str(uuid.uuid4()))
+            if self.records is not None:
+                try:
+                    await self.records.insert_book(_book_row(book, req))
+                except asyncpg.UniqueViolationError:
+                    continue  # Postgres knows this number (Redis lost it): skip past
+            return book
         raise errors.Conflict("could not find an unused book number; run couponsvc rebuild")
 
     async def get(self, book_id: str) -> Book:

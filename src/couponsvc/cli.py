@@ -1,15 +1,19 @@
-"""The `couponsvc` command: serve the API, or print a token for local use."""
+"""The `couponsvc` command: serve the API, print a token for local use, run the
+writer, and the operator tools that compare or rebuild Redis from Postgres."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import asyncpg
+from redis.asyncio import Redis
 
 from couponsvc import db
 from couponsvc.settings import Settings, SettingsError
@@ -89,6 +93,86 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@asynccontextmanager
+async def _clients(settings: Settings) -> AsyncIterator[tuple[Redis, asyncpg.Connection]]:
+    """One Redis client and one Postgres connection, for the operator tools."""
+    from couponsvc.app import connect_redis
+
+    conn = await asyncpg.connect(_database_url(settings))
+    redis = connect_redis(settings)
+    try:
+        yield redis, conn
+    finally:
+        await redis.aclose()
+        await conn.close()
+
+
+def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    from couponsvc.keys import Keys
+    from couponsvc.rebuild import NOT_RESTORED, RedisNotEmpty, rebuild
+
+    async def run() -> int:
+        async with _clients(settings) as (redis, conn):
+            try:
+                summary = await rebuild(redis, conn, Keys(settings.key_prefix), force=args.force)
+            except RedisNotEmpty as exc:
+                print(f"couponsvc: {exc}", file=sys.stderr)
+                return 2
+        print(summary)
+        print(NOT_RESTORED)
+        return 0
+
+    return asyncio.run(run())
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from couponsvc.keys import Keys
+    from couponsvc.verify import report
+
+    async def run() -> int:
+        async with _clients(settings) as (redis, conn):
+            return await report(redis, conn, Keys(settings.key_prefix), limit=args.limit)
+
+    return asyncio.run(run())
+
+
+def _inspect(settings: Settings, args: argparse.Namespace) -> int:
+    from couponsvc.inspect import inspect_book, inspect_code
+    from couponsvc.keys import Keys
+
+    if (args.code is None) == (args.book is None):
+        print("couponsvc inspect: give a CODE or --book ID (not both)", file=sys.stderr)
+        return 2
+
+    async def run() -> str | None:
+        keys = Keys(settings.key_prefix)
+        async with _clients(settings) as (redis, conn):
+            if args.book is not None:
+                return await inspect_book(redis, conn, keys, args.book)
+            return await inspect_code(redis, conn, keys, args.code)
+
+    text = asyncio.run(run())
+    if text is None:
+        what = f"book {args.book}" if args.book is not None else f"code {args.code}"
+        print(f"couponsvc: {what} is unknown to both Redis and Postgres", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+def _upload(_: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from couponsvc.upload import summary, upload
+
+    token = args.token or os.environ.get("COUPONSVC_TOKEN", "")
+    if not token:
+        raise SystemExit("couponsvc: pass --token or set COUPONSVC_TOKEN (an admin token)")
+    totals = upload(args.url, token, args.book, Path(args.file), args.chunk)
+    print(summary(totals))
+    return 0
+
+
 def _database_url(settings: Settings) -> str:
     if not settings.database_url:
         raise SystemExit("couponsvc: set COUPONSVC_DATABASE_URL")
@@ -117,11 +201,35 @@ def parser() -> argparse.ArgumentParser:
     writer.add_argument("--drain", action="store_true",
                         help="apply everything now in the streams, then exit")
     writer.set_defaults(run=_writer)
+    upload = commands.add_parser("upload", help="stream a file of codes to a running service")
+    upload.add_argument("file", help="one code per line, or CSV with the code first")
+    upload.add_argument("--book", required=True, help="the coupon book id")
+    upload.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
+    upload.add_argument("--token", default="", help="admin token (default: $COUPONSVC_TOKEN)")
+    upload.add_argument("--chunk", type=int, default=100_000, help="codes per request")
+    upload.set_defaults(run=_upload)
+    rebuild = commands.add_parser(
+        "rebuild", help="rebuild the Redis state from Postgres (a lost or new Redis)")
+    rebuild.add_argument("--force", action="store_true",
+                         help="write even though Redis already holds books")
+    rebuild.set_defaults(run=_rebuild)
+    verify = commands.add_parser(
+        "verify", help="list every difference between Redis and Postgres (drain first)")
+    verify.add_argument("--limit", type=int, default=0,
+                        help="stop after this many differences (0: list all)")
+    verify.set_defaults(run=_verify)
+    inspect = commands.add_parser(
+        "inspect", help="show one code or book as Redis and Postgres each hold it")
+    inspect.add_argument("code", nargs="?", help="a coupon code")
+    inspect.add_argument("--book", help="a book id (or number) instead of a code")
+    inspect.set_defaults(run=_inspect)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.run is _upload:  # a client of a running service: no server settings needed
+        raise SystemExit(_upload(Settings(env="dev"), args))
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

@@ -113,6 +113,17 @@ class Writer:
 
     async def _drain_stream(self, stream: str) -> int:
         await self._ensure_group(stream)
+        try:
+            return await self._drain_group(stream)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The group vanished with the data (a Redis lost, restarted empty or
+            # flushed): create it again on the next pass.
+            self._groups.discard(stream)
+            return 0
+
+    async def _drain_group(self, stream: str) -> int:
         cfg = self.config
         entries: list[Any] = []
         if stream in self._retry_own:

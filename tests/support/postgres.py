@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -64,7 +65,11 @@ class Postgres:
         )
 
     def start(self) -> None:
-        log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - owned by the process
+        with open(self.root / "postgres.log", "ab") as log:  # the child keeps its own copy
+            self._spawn(log)
+        self.wait_ready()
+
+    def _spawn(self, log: Any) -> None:
         self.process = subprocess.Popen(
             _as_server_user([pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port),
                              "-k", str(self.root), "-c", "listen_addresses=127.0.0.1",
@@ -72,7 +77,6 @@ class Postgres:
                              "-c", "synchronous_commit=off"]),
             stdout=log, stderr=log,
         )
-        self.wait_ready()
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,70 @@
+"""The operator commands as an operator runs them: `couponsvc rebuild|verify|inspect`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import Cli, Scenario, Service, cli_environment
+
+pytestmark = pytest.mark.integration
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "couponsvc"
+
+
+async def console(service: Service, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COUPONSVC_")}
+    env.update(cli_environment(service))
+    return await asyncio.to_thread(subprocess.run, [str(CONSOLE_SCRIPT), *argv], env=env,
+                                   capture_output=True, text=True, timeout=60)
+
+
+async def test_the_console_script_runs_every_command(service: Service,
+                                                     scenario: Scenario) -> None:
+    await service.redis.flushdb()
+
+    rebuilt = await console(service, "rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert rebuilt.stdout.startswith("rebuilt 2 book(s), 15 code(s), 5 assigned, in ")
+
+    verified = await console(service, "verify")
+    assert (verified.returncode, verified.stdout) == (0, ""), verified.stderr
+
+    shown = await console(service, "inspect", scenario.twice)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"code {scenario.twice} ")
+
+    book = await console(service, "inspect", "--book", scenario.single)
+    assert book.returncode == 0, book.stderr
+    assert book.stdout.startswith(f"book 1 ({scenario.single})")
+
+
+async def test_the_commands_in_process(service: Service, scenario: Scenario,
+                                       cli_run: Cli) -> None:
+    code = await cli_run("inspect", scenario.once)
+    assert code.status == 0
+    assert "dave" in code.out and "redeemed" in code.out
+
+    book = await cli_run("inspect", "--book", scenario.multi)
+    assert book.status == 0 and "Multi" in book.out
+
+    assert (await cli_run("verify")).status == 0
+
+
+@pytest.mark.parametrize("argv", [["inspect"], ["inspect", "X-1", "--book", "1"]])
+async def test_inspect_needs_one_code_or_one_book(cli_run: Cli, argv: list[str]) -> None:
+    result = await cli_run(*argv)
+    assert result.status == 2
+    assert "give a CODE or --book ID" in result.err
+
+
+async def test_the_tools_need_a_database_url(cli_run: Cli,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COUPONSVC_DATABASE_URL")
+    result = await cli_run("verify")
+    assert result.status == "couponsvc: set COUPONSVC_DATABASE_URL"
