@@ -21,6 +21,7 @@ from couponsvc.coupons import Coupons
 from couponsvc.errors import exception_handlers
 from couponsvc.metrics import ApiMetrics, TimingMiddleware
 from couponsvc.records import Records
+from couponsvc.resp import RespPipeline
 from couponsvc.routes import OPERATIONS
 from couponsvc.routes import metrics as metrics_endpoint
 from couponsvc.routes import openapi as openapi_endpoint
@@ -61,7 +62,9 @@ def create_app(settings: Settings) -> Starlette:
         if pool is None:
             log.warning("no COUPONSVC_DATABASE_URL: running without a durable record")
         try:
-            scripts = Scripts(redis)
+            pipe = RespPipeline(settings.redis_url, settings.redis_timeout_seconds) \
+                if settings.hot_path_client == "resp" else None
+            scripts = Scripts(redis, pipe)
             try:
                 await scripts.load()
             except RedisError as exc:
@@ -82,6 +85,8 @@ def create_app(settings: Settings) -> Starlette:
                 metrics=metrics,
             )}
         finally:
+            if pipe is not None:
+                await pipe.aclose()
             await redis.aclose()
             if pool is not None:
                 await pool.close()

@@ -11,9 +11,17 @@ handling, timeouts and the cluster client's slot routing stay redis-py's.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from redis.asyncio import Redis
+
+
+class CommandPipe(Protocol):
+    """What the hot path needs of a Redis client: queue a command, get its reply."""
+
+    def submit(self, *args: Any, **options: Any) -> asyncio.Future[Any]: ...
+
+    async def execute(self, *args: Any, **options: Any) -> Any: ...
 
 
 class Command(NamedTuple):
@@ -41,7 +49,8 @@ class Coalescer:
         return await self.submit(*args, **options)
 
     def submit(self, *args: Any, **options: Any) -> asyncio.Future[Any]:
-        """Queues a command now; commands of one batch are sent in the order queued."""
+        """Queues a command now. Commands of one batch run in the order queued;
+        separate batches may run on separate connections, in any order."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((Command(args, options), future))

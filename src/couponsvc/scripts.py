@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from couponsvc.coalesce import Coalescer
+from couponsvc.coalesce import Coalescer, CommandPipe
 from couponsvc.types import ScriptReply
 
 PRELUDE = "_prelude"
@@ -60,12 +60,12 @@ class Scripts:
     restarted or failed-over Redis) reloads the script and retries once.
     """
 
-    def __init__(self, redis: Redis, coalescer: Coalescer | None = None) -> None:
+    def __init__(self, redis: Redis, coalescer: CommandPipe | None = None) -> None:
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(source(name)) for name in NAMES
         }
         self._redis = redis
-        self.coalescer = coalescer or Coalescer(redis)
+        self.coalescer: CommandPipe = coalescer or Coalescer(redis)
 
     async def load(self) -> None:
         """Registers every script with the server (start-up, not the hot path)."""

@@ -33,6 +33,9 @@ class Settings:
     max_upload_codes: int = 1_000_000
     idempotency_ttl_seconds: int = 24 * 3600
     redis_timeout_seconds: float = 2.0
+    # "resp": the small auto-pipelining client (resp.py); "redis-py": redis-py
+    # pipelines (coalesce.py), e.g. to compare them in a benchmark.
+    hot_path_client: str = "resp"
 
     @property
     def dev(self) -> bool:
@@ -61,6 +64,7 @@ class Settings:
             jwt_audience=get("JWT_AUDIENCE") or None,
             jwt_issuer=get("JWT_ISSUER") or None,
             key_prefix=get("KEY_PREFIX", defaults.key_prefix),
+            hot_path_client=get("HOT_PATH_CLIENT", defaults.hot_path_client),
             max_body_bytes=_int(get("MAX_BODY_BYTES", str(defaults.max_body_bytes)),
                                 "COUPONSVC_MAX_BODY_BYTES"),
             max_upload_codes=_int(get("MAX_UPLOAD_CODES", str(defaults.max_upload_codes)),
@@ -73,6 +77,8 @@ class Settings:
         """Refuse to run with a key that anyone could guess, outside dev mode."""
         if self.env == "prod" and not self.database_url:
             raise SettingsError("COUPONSVC_DATABASE_URL is required when COUPONSVC_ENV=prod")
+        if self.hot_path_client not in ("resp", "redis-py"):
+            raise SettingsError("COUPONSVC_HOT_PATH_CLIENT must be resp or redis-py")
         if not self.key_prefix or any(c in self.key_prefix for c in "{}: "):
             raise SettingsError("COUPONSVC_KEY_PREFIX must be non-empty, without {, }, : or spaces")
         if self.jwt_public_key:

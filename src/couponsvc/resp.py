@@ -1,0 +1,196 @@
+"""A small pipelined RESP client for the hot path (one Redis, not a cluster).
+
+Why not redis-py here: its asyncio client spends more time per command than
+Redis spends running our scripts (packing each argument, awaiting each reply,
+a pool checkout per call). This client keeps one connection, writes every
+command queued during one event-loop turn in a single `write`, and matches
+replies to callers in order as hiredis parses them: the auto-pipelining that
+Node's ioredis offers. Everything else (admin paths, the writer, cluster mode)
+stays on redis-py, and errors are redis-py's exception classes, so callers
+cannot tell the two apart.
+
+Failure handling: a command unanswered after `timeout` seconds aborts the
+connection and fails every command waiting on it with `TimeoutError`; a
+dropped connection fails them with `ConnectionError`. The next command opens
+a new connection (and re-authenticates and re-selects the database), so a
+restarted Redis is picked up by itself. Errors are redis-py's classes:
+`redis.exceptions.ConnectionError` and `TimeoutError` map to 503 like any
+other Redis outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Any
+from urllib.parse import urlparse
+
+import hiredis
+from redis._parsers.base import BaseParser
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+MAX_BATCH = 512
+
+
+def encode(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _error(message: str) -> RedisError:
+    """The redis-py exception for an error reply (NOSCRIPT -> NoScriptError, ...)."""
+    error: RedisError = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
+    return error
+
+
+class _Connection(asyncio.Protocol):
+    """One socket: writes batches, hands replies to the waiting futures in order."""
+
+    def __init__(self, timeout: float) -> None:
+        self._reader = hiredis.Reader(encoding="utf-8")
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self._transport: Any = None
+        self._timeout = timeout
+        self._timed_out = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def send(self, payload: bytes, futures: list[asyncio.Future[Any]]) -> None:
+        assert self._transport is not None
+        if self.closed:  # lost between the caller's check and now
+            for future in futures:
+                if not future.done():
+                    future.set_exception(RedisConnectionError("connection to Redis lost"))
+            return
+        self._waiting.extend(futures)
+        self._transport.write(payload)
+        # If the batch's last reply has not come in time, nothing behind it will.
+        asyncio.get_running_loop().call_later(self._timeout, self._expire, futures[-1])
+
+    def _expire(self, last: asyncio.Future[Any]) -> None:
+        if not last.done() and not self.closed and self._transport is not None:
+            self._timed_out = True
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while (reply := self._reader.gets()) is not False:
+            future = self._waiting.popleft()
+            if future.done():  # its caller was cancelled
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(_error(str(reply)))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        error: Exception = (RedisTimeoutError("Redis did not answer in time") if self._timed_out
+                            else RedisConnectionError(f"connection to Redis lost: {exc}"))
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    def close(self) -> None:
+        if self._transport is not None and not self.closed:
+            self._transport.close()
+
+
+class RespPipeline:
+    """`submit`/`execute` like `Coalescer`, over one auto-pipelined connection."""
+
+    def __init__(self, url: str, timeout: float = 2.0, max_batch: int = MAX_BATCH) -> None:
+        self._url = url
+        self._options: dict[str, Any] = dict(parse_url(url))
+        self._timeout = timeout
+        self._max_batch = max_batch
+        self._connection: _Connection | None = None
+        self._connecting = asyncio.Lock()
+        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def execute(self, *args: Any, **_options: Any) -> Any:
+        """Runs one command in the next batch; replies are raw (no redis-py parsing)."""
+        return await self.submit(*args)
+
+    def submit(self, *args: Any, **_options: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((encode(args), future))
+        if len(self._queue) >= self._max_batch:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        task = asyncio.create_task(self._send(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _send(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
+        futures = [future for _, future in batch]
+        try:
+            connection = await self._connected()
+        except (OSError, TimeoutError, RedisError) as exc:
+            error = exc if isinstance(exc, RedisError) \
+                else RedisConnectionError(f"cannot connect to Redis: {exc!r}")
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        connection.send(b"".join(payload for payload, _ in batch), futures)
+
+    async def _connected(self) -> _Connection:
+        connection = self._connection
+        if connection is not None and not connection.closed:
+            return connection
+        async with self._connecting:
+            if self._connection is None or self._connection.closed:
+                self._connection = await asyncio.wait_for(self._open(), self._timeout)
+            return self._connection
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        connection = _Connection(self._timeout)
+        options = self._options
+        if "path" in options:
+            await loop.create_unix_connection(lambda: connection, options["path"])
+        else:
+            tls = ssl.create_default_context() if urlparse(self._url).scheme == "rediss" else None
+            await loop.create_connection(lambda: connection, options.get("host", "localhost"),
+                                         options.get("port", 6379), ssl=tls)
+        handshake: list[tuple[Any, ...]] = []
+        if options.get("password"):
+            handshake.append(("AUTH", *([options["username"]] if options.get("username") else []),
+                              options["password"]))
+        if options.get("db"):
+            handshake.append(("SELECT", options["db"]))
+        if handshake:
+            futures = [loop.create_future() for _ in handshake]
+            connection.send(b"".join(encode(c) for c in handshake), futures)
+            await asyncio.gather(*futures)
+        return connection
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
