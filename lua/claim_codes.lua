@@ -1,15 +1,16 @@
--- Claims codes in one directory bucket for a book (a code belongs to one book, forever).
--- KEYS[1] directory bucket hash
--- ARGV[1] book number  ARGV[2..] codes (all in this bucket)
+-- Claims codes for a book in the directory (a code belongs to one book, forever).
+-- All KEYS share one directory hash tag, so a bulk load needs one call per tag.
+-- KEYS[1], KEYS[2], ...: directory bucket hashes
+-- ARGV[1] book number  ARGV[2], ARGV[3], ...: pairs of (index into KEYS, code)
 -- Returns one character per code: 'n' newly claimed, 's' already this book's,
 -- 'o' owned by another book.
 local book = ARGV[1]
 local flags = {}
-for i = 2, #ARGV do
-  local code = ARGV[i]
-  if redis.call('HSETNX', KEYS[1], code, book) == 1 then
+for i = 2, #ARGV, 2 do
+  local bucket, code = KEYS[tonumber(ARGV[i])], ARGV[i + 1]
+  if redis.call('HSETNX', bucket, code, book) == 1 then
     flags[#flags + 1] = 'n'
-  elseif redis.call('HGET', KEYS[1], code) == book then
+  elseif redis.call('HGET', bucket, code) == book then
     flags[#flags + 1] = 's'
   else
     flags[#flags + 1] = 'o'

@@ -12,14 +12,13 @@ import asyncpg
 
 from couponsvc import codes as coderules
 from couponsvc import errors
-from couponsvc.keys import directory_bucket
+from couponsvc.keys import directory_bucket, directory_tag
 from couponsvc.records import BookRow, Records
 from couponsvc.schemas import Book, BookCounts, CreateBook, Refused, UploadResult
 from couponsvc.store import Located, Store, ms_to_datetime, optional_datetime
 
-# Codes per add_codes call, and claim_codes calls per pipeline round trip.
+# Codes per add_codes call.
 ADD_CHUNK = 5000
-CLAIM_CALLS_PER_ROUND = 2000
 # Rounds of redrawing colliding generated codes before giving up.
 GENERATE_ROUNDS = 20
 # Book numbers tried before giving up (a lost book-seq is skipped past one by one).
@@ -183,29 +182,39 @@ class Books:
     async def _claim(self, book: Located, codes: Iterable[str], in_other_book: list[str],
                      only_new: bool = False) -> list[str]:
         """Claims codes for the book in the directory; returns those now the book's."""
-        by_bucket: dict[int, list[str]] = defaultdict(list)
+        # One script call per directory hash tag, naming that tag's buckets.
+        by_tag: dict[int, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
         for code in codes:
-            by_bucket[directory_bucket(code)].append(code)
-        groups = list(by_bucket.values())
-        keys = self.store.keys
+            bucket = directory_bucket(code)
+            by_tag[directory_tag(bucket)][bucket].append(code)
+        calls: list[tuple[list[str], list[str | int]]] = []
+        codes_of_call: list[list[str]] = []
+        for buckets in by_tag.values():
+            bucket_keys: list[str] = []
+            args: list[str | int] = [book.number]
+            in_call: list[str] = []
+            for bucket, bucket_codes in buckets.items():
+                bucket_keys.append(self.store.keys.directory_of_bucket(bucket))
+                for code in bucket_codes:
+                    args += (len(bucket_keys), code)
+                    in_call.append(code)
+            calls.append((bucket_keys, args))
+            codes_of_call.append(in_call)
         claimed: list[str] = []
-        for start in range(0, len(groups), CLAIM_CALLS_PER_ROUND):
-            batch = groups[start:start + CLAIM_CALLS_PER_ROUND]
-            calls = [([keys.directory(group[0])], [book.number, *group]) for group in batch]
-            replies = await self.store.scripts.run_many("claim_codes", calls)
-            for group, flags in zip(batch, replies, strict=True):
-                for code, flag in zip(group, str(flags), strict=True):
-                    if flag == "n" or (flag == "s" and not only_new):
-                        claimed.append(code)
-                    elif flag == "o":
-                        in_other_book.append(code)
+        replies = await self.store.scripts.run_many("claim_codes", calls) if calls else []
+        for in_call, flags in zip(codes_of_call, replies, strict=True):
+            for code, flag in zip(in_call, str(flags), strict=True):
+                if flag == "n" or (flag == "s" and not only_new):
+                    claimed.append(code)
+                elif flag == "o":
+                    in_other_book.append(code)
         return claimed
 
     async def _add(self, book: Located, codes: Sequence[str], outcome: _Outcome) -> None:
         keys = [book.keys.meta, book.keys.free, book.keys.assigned, book.keys.events]
-        for start in range(0, len(codes), ADD_CHUNK):
-            chunk = codes[start:start + ADD_CHUNK]
-            reply = await self.store.run("add_codes", keys, chunk)
+        chunks = [codes[start:start + ADD_CHUNK] for start in range(0, len(codes), ADD_CHUNK)]
+        replies = await self.store.scripts.run_many("add_codes", [(keys, c) for c in chunks])
+        for chunk, reply in zip(chunks, replies, strict=True):
             if reply[0] != "ok":
                 raise errors.BookNotFound(f"no coupon book {book.id}")
             for code, flag in zip(chunk, str(reply[1]), strict=True):

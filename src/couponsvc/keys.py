@@ -13,7 +13,7 @@ Layout (documented for operators in docs/redis-keys.md):
     {prefix}:{book:N}:user:USER          zset   the user's codes in this book (score 0, lex order)
     {prefix}:{book:N}:idem:DIGEST        list   fingerprint, then the stored result
     {prefix}:{book:N}:events             stream outbox of state changes
-    {prefix}:{dir:BUCKET}                hash   code -> book number (immutable directory)
+    {prefix}:{dir:TT}:BUCKET             hash   code -> book number (immutable directory)
     {prefix}:{idem:DIGEST}               string the fingerprint an idempotency key is bound to
     {prefix}:{user:USER}:books           set    book numbers the user has codes in
 
@@ -28,8 +28,11 @@ import zlib
 from dataclasses import dataclass
 
 # 65,536 directory buckets keep each bucket a small listpack-encoded hash up to
-# a few million codes, and spread the directory over every cluster slot.
+# a few million codes. Their hash tag is the bucket's top byte: 256 tags spread
+# the directory over a cluster, and a bulk load claims the codes of one tag
+# (256 buckets) in one script call instead of one call per bucket.
 DIRECTORY_BUCKETS = 1 << 16
+DIRECTORY_TAGS = 1 << 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,10 @@ class Keys:
         return BookKeys(f"{self.prefix}:{{book:{number}}}")
 
     def directory(self, code: str) -> str:
-        return f"{self.prefix}:{{dir:{directory_bucket(code):04x}}}"
+        return self.directory_of_bucket(directory_bucket(code))
+
+    def directory_of_bucket(self, bucket: int) -> str:
+        return f"{self.prefix}:{{dir:{directory_tag(bucket):02x}}}:{bucket:04x}"
 
     def idempotency_claim(self, caller: str, key: str) -> str:
         """Binds a caller's Idempotency-Key to one request across all books."""
@@ -105,3 +111,8 @@ def _digest(caller: str, key: str) -> str:
 def directory_bucket(code: str) -> int:
     """The directory bucket of a code: stable across processes and versions."""
     return zlib.crc32(code.encode()) % DIRECTORY_BUCKETS
+
+
+def directory_tag(bucket: int) -> int:
+    """The hash tag a bucket shares with 255 others (its top byte)."""
+    return bucket * DIRECTORY_TAGS // DIRECTORY_BUCKETS

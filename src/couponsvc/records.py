@@ -60,12 +60,13 @@ class Records:
             return CodeClaims([], set(), [])
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "CREATE TEMP TABLE incoming (code text NOT NULL) ON COMMIT DROP")
+                'CREATE TEMP TABLE incoming (code text COLLATE "C" NOT NULL) ON COMMIT DROP')
             await conn.copy_records_to_table("incoming", records=((c,) for c in codes),
                                              columns=["code"])
+            # In index order: each insert lands next to the previous one.
             inserted = await conn.fetch(
                 "INSERT INTO codes (code, book_id) SELECT code, $1 FROM incoming"
-                " ON CONFLICT (code) DO NOTHING RETURNING code", book_id)
+                " ORDER BY code ON CONFLICT (code) DO NOTHING RETURNING code", book_id)
             new = {r["code"] for r in inserted}
             existing: list[Any] = []
             if len(new) < len(codes):

@@ -9,8 +9,10 @@ Node's ioredis offers. Everything else (admin paths, the writer, cluster mode)
 stays on redis-py, and errors are redis-py's exception classes, so callers
 cannot tell the two apart.
 
-Failure handling: a command unanswered after `timeout` seconds aborts the
-connection and fails every command waiting on it with `TimeoutError`; a
+Failure handling: when commands are waiting and no reply has arrived for
+`timeout` seconds, the connection is aborted and every command waiting on it
+fails with `TimeoutError` (a long pipelined bulk load that keeps answering
+does not time out); a
 dropped connection fails them with `ConnectionError`. The next command opens
 a new connection (and re-authenticates and re-selects the database), so a
 restarted Redis is picked up by itself. Errors are redis-py's classes:
@@ -61,6 +63,8 @@ class _Connection(asyncio.Protocol):
         self._transport: Any = None
         self._timeout = timeout
         self._timed_out = False
+        self._last_reply = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -73,17 +77,30 @@ class _Connection(asyncio.Protocol):
                 if not future.done():
                     future.set_exception(RedisConnectionError("connection to Redis lost"))
             return
+        if not self._waiting:
+            self._last_reply = asyncio.get_running_loop().time()
         self._waiting.extend(futures)
         self._transport.write(payload)
-        # If the batch's last reply has not come in time, nothing behind it will.
-        asyncio.get_running_loop().call_later(self._timeout, self._expire, futures[-1])
+        if self._watchdog is None:
+            self._arm(self._timeout)
 
-    def _expire(self, last: asyncio.Future[Any]) -> None:
-        if not last.done() and not self.closed and self._transport is not None:
-            self._timed_out = True
-            self._transport.abort()
+    def _arm(self, delay: float) -> None:
+        self._watchdog = asyncio.get_running_loop().call_later(delay, self._check)
+
+    def _check(self) -> None:
+        """Aborts when replies are owed and none has come for `timeout` seconds."""
+        self._watchdog = None
+        if self.closed or not self._waiting:
+            return
+        silent = asyncio.get_running_loop().time() - self._last_reply
+        if silent < self._timeout:
+            self._arm(self._timeout - silent)
+            return
+        self._timed_out = True
+        self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        self._last_reply = asyncio.get_running_loop().time()
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
             future = self._waiting.popleft()
@@ -96,6 +113,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         error: Exception = (RedisTimeoutError("Redis did not answer in time") if self._timed_out
                             else RedisConnectionError(f"connection to Redis lost: {exc}"))
         while self._waiting:

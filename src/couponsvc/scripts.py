@@ -7,6 +7,7 @@ NOSCRIPT (a restarted or failed-over Redis), loads the script and retries.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
@@ -85,19 +86,5 @@ class Scripts:
     async def run_many(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
     ) -> list[Any]:
-        """Runs one script many times in one pipelined round trip (bulk loads)."""
-        try:
-            return await self._pipelined(name, calls)
-        except NoScriptError:  # the server lost its script cache (restart, failover)
-            await self.load()
-            return await self._pipelined(name, calls)
-
-    async def _pipelined(
-        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-    ) -> list[Any]:
-        sha = self._scripts[name].sha
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            replies: list[Any] = await pipe.execute()
-        return replies
+        """Runs one script many times, pipelined (bulk loads); replies in call order."""
+        return list(await asyncio.gather(*(self.run(name, keys, args) for keys, args in calls)))

@@ -59,6 +59,12 @@ class Difference:
         return f"{self.subject}: {self.what}: {self.detail}"
 
 
+ORPHAN_CODES = (
+    "SELECT c.book_id::text AS book_id, count(*) AS codes FROM codes c"
+    " WHERE NOT EXISTS (SELECT 1 FROM books b WHERE b.id = c.book_id) GROUP BY c.book_id"
+)
+
+
 @dataclass
 class Stats:
     books: int = 0
@@ -78,6 +84,10 @@ async def differences(redis: Redis, conn: asyncpg.Connection, keys: Keys,
     if highest and (raw_seq is None or int(raw_seq) < highest):
         yield Difference("books", keys.book_seq,
                          f"redis={seq} is below the highest book number {highest}")
+    # codes.book_id has no foreign key (bulk-load speed), so look for orphans here.
+    for orphan in await conn.fetch(ORPHAN_CODES):
+        yield Difference(f"book {orphan['book_id']}", "codes",
+                         f"{orphan['codes']} code(s) in Postgres belong to no book")
     ordered = sorted(postgres.keys() | indexed.keys(),
                      key=lambda i: indexed.get(i) or postgres[i].num)
     for book_id in ordered:

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 
 def directory_key(code: str) -> str:
     """Where the immutable code -> book number directory keeps this code."""
-    return f"cb:{{dir:{zlib.crc32(code.encode()) % 65536:04x}}}"
+    bucket = zlib.crc32(code.encode()) % 65536
+    return f"cb:{{dir:{bucket >> 8:02x}}}:{bucket:04x}"
 
 
 async def test_upload_adds_codes_and_sorts_out_the_refused(api: Api, redis: Redis) -> None:

@@ -181,7 +181,7 @@ async def test_directory_maps_each_code_to_its_book(make_book, store, redis):
 
     for code, number in (("A1", "1"), ("A2", "1"), ("B1", "2")):
         key = store.keys.directory(code)
-        assert re.fullmatch(r"cb:\{dir:[0-9a-f]{4}\}", key)
+        assert re.fullmatch(r"cb:\{dir:[0-9a-f]{2}\}:[0-9a-f]{4}", key)
         assert await redis.hget(key, code) == number
     entries = [await redis.hlen(key) for key in await redis.keys("cb:{dir:*")]
     assert sum(entries) == 3

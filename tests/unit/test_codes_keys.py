@@ -87,7 +87,7 @@ def test_prefix_sits_outside_the_braces():
     assert keys.book_seq == "shop:book-seq"
     assert keys.book(7).meta == "shop:{book:7}:meta"
     assert keys.user_books("bob") == "shop:{user:bob}:books"
-    assert re.fullmatch(r"shop:\{dir:[0-9a-f]{4}\}", keys.directory("A1"))
+    assert re.fullmatch(r"shop:\{dir:[0-9a-f]{2}\}:[0-9a-f]{4}", keys.directory("A1"))
     # The slot depends on the tag only, so prefixes do not move data between slots.
     assert key_slot(keys.book(7).meta.encode()) == key_slot(Keys("cb").book(7).meta.encode())
 
@@ -101,7 +101,7 @@ def test_directory_bucket_is_stable():
     # Pinned: a change would orphan every code already in the directory.
     assert directory_bucket("A1") == 27777
     assert directory_bucket("SALE-2345") == 38974
-    assert Keys().directory("A1") == "cb:{dir:6c81}"
+    assert Keys().directory("A1") == "cb:{dir:6c}:6c81"
 
 
 def test_directory_buckets_spread_codes():

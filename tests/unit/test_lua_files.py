@@ -86,8 +86,9 @@ async def test_scripts_survive_a_flushed_script_cache(redis, scripts):
     assert reply[:3] == ["ok", 0, 0]
 
     await redis.script_flush()
-    replies = await scripts.run_many("claim_codes", [(["cb:{dir:0001}"], [1, "X", "Y"]),
-                                                     (["cb:{dir:0002}"], [2, "X"])])
+    replies = await scripts.run_many("claim_codes",
+                                     [(["cb:{dir:00}:0001"], [1, 1, "X", 1, "Y"]),
+                                      (["cb:{dir:00}:0002"], [2, 1, "X"])])
     assert replies == ["nn", "n"]
 
 
@@ -95,12 +96,20 @@ async def test_scripts_survive_a_flushed_script_cache(redis, scripts):
 
 
 async def test_claim_codes_flags(scripts, redis):
-    bucket = ["cb:{dir:0001}"]
-    assert await scripts.run("claim_codes", bucket, [1, "A", "B"]) == "nn"
+    bucket = ["cb:{dir:00}:0001"]
+    assert await scripts.run("claim_codes", bucket, [1, 1, "A", 1, "B"]) == "nn"
 
-    assert await scripts.run("claim_codes", bucket, [1, "A", "C"]) == "sn"
-    assert await scripts.run("claim_codes", bucket, [2, "A", "B", "D"]) == "oon"
-    assert await redis.hgetall("cb:{dir:0001}") == {"A": "1", "B": "1", "C": "1", "D": "2"}
+    assert await scripts.run("claim_codes", bucket, [1, 1, "A", 1, "C"]) == "sn"
+    assert await scripts.run("claim_codes", bucket, [2, 1, "A", 1, "B", 1, "D"]) == "oon"
+    assert await redis.hgetall("cb:{dir:00}:0001") == {"A": "1", "B": "1", "C": "1", "D": "2"}
+
+
+async def test_claim_codes_spans_the_buckets_of_one_tag(scripts, redis):
+    buckets = ["cb:{dir:00}:0001", "cb:{dir:00}:0002"]
+
+    assert await scripts.run("claim_codes", buckets, [5, 2, "A", 1, "B", 2, "C"]) == "nnn"
+    assert await redis.hgetall(buckets[0]) == {"B": "5"}
+    assert await redis.hgetall(buckets[1]) == {"A": "5", "C": "5"}
 
 
 async def test_create_book_refuses_an_existing_book(scripts, redis):

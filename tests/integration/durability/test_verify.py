@@ -174,3 +174,14 @@ async def _assigned(service: Service, book_id: str, code: str) -> str:
                                    code)
     assert raw is not None
     return str(raw)
+
+
+async def test_codes_of_no_book_are_reported(service: Service, scenario: Scenario) -> None:
+    """codes.book_id has no foreign key, so verify is what catches an orphan."""
+    await service.pool.execute(
+        "INSERT INTO codes (code, book_id) VALUES ('ORPHAN-1', gen_random_uuid())")
+
+    found = await service.verify()
+
+    assert [d.what for d in found] == ["codes"]
+    assert found[0].detail == "1 code(s) in Postgres belong to no book"
