@@ -17,8 +17,9 @@ Layout (documented for operators in docs/redis-keys.md):
     {prefix}:{idem:DIGEST}               string the fingerprint an idempotency key is bound to
     {prefix}:{user:USER}:books           set    book numbers the user has codes in
 
-All keys one script call touches share the `{book:N}` hash tag, so every script
-runs unchanged on Redis Cluster. The prefix sits outside the braces.
+All keys one script call touches share one hash tag (the book's `{book:N}`, or
+for claim_codes one directory tag `{dir:TT}`), so every script runs unchanged
+on Redis Cluster. The prefix sits outside the braces.
 """
 
 from __future__ import annotations
