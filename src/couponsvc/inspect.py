@@ -146,7 +146,7 @@ async def inspect_book(redis: Redis, conn: asyncpg.Connection, keys: Keys,
         events = await conn.fetchrow(
             "SELECT count(*) AS n, max(at) AS last FROM events WHERE book_id = $1::uuid", row.id)
         parked = await conn.fetchval(
-            "SELECT count(*) FROM parked_events WHERE book_id = $1::uuid", row.id)
+            "SELECT count(*) FROM parked_events WHERE book_id = $1", str(row.id))
         lines += [f"postgres {events['n']} event row(s), last at {iso(to_ms(events['last']))};"
                   f" {parked} parked event(s)"]
     return "\n".join(lines)

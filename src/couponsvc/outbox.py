@@ -7,6 +7,7 @@ version: the highest version wins, whatever order events arrive in.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ class Event:
         return int(self.fields["v"])
 
     def fields_json(self) -> str:
+        # JSON escapes control characters, NUL included, so any entry fits in text.
         return msgspec.json.encode(self.fields).decode()
 
     def event_row(self) -> tuple[Any, ...]:
@@ -71,10 +73,53 @@ class Event:
                 ms_datetime(f["last"]), int(f["v"]))
 
 
-def parse_entries(stream: str, entries: Sequence[Any]) -> list[Event]:
-    """Stream entries as redis-py returns them: (id, {field: value}); deleted ones are None."""
-    return [Event(stream, str(entry_id), dict(fields))
-            for entry_id, fields in entries if fields is not None]
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_INTEGER = re.compile(r"\d{1,15}")
+_CODE_FIELDS = ("code", "user", "assignedAt", "times", "last")
+
+
+def malformed(fields: dict[str, str]) -> str | None:
+    """Why an entry cannot be applied as it is, or None when it can."""
+    for name in ("type", "book", "at", "v"):
+        if name not in fields:
+            return f"missing field {name!r}"
+    if not _UUID.fullmatch(fields["book"]):
+        return f"book {fields['book']!r} is not a book id"
+    numbers = ["at", "v"]
+    if fields["type"] in CODE_EVENTS:
+        missing = [name for name in _CODE_FIELDS if not fields.get(name)]
+        if missing:
+            return f"missing field(s) {', '.join(missing)}"
+        numbers += ["assignedAt", "times", "last"]
+    for name in numbers:
+        if not _INTEGER.fullmatch(fields[name]):
+            return f"field {name!r} is not a whole number: {fields[name]!r}"
+    if any("\x00" in value for value in fields.values()):
+        return "a field contains a NUL character"
+    return None
+
+
+def parse_entries(stream: str, entries: Sequence[Any]) -> tuple[list[Event], list[Bad]]:
+    """Stream entries as redis-py returns them: (id, {field: value}); deleted ones
+    (None) are skipped. Entries that could never apply come back apart."""
+    events: list[Event] = []
+    bad: list[Bad] = []
+    for entry_id, fields in entries:
+        if fields is None:
+            continue
+        event = Event(stream, str(entry_id), dict(fields))
+        problem = malformed(event.fields)
+        if problem is None:
+            events.append(event)
+        else:
+            bad.append(Bad(event, problem))
+    return events, bad
+
+
+@dataclass(frozen=True, slots=True)
+class Bad:
+    event: Event
+    problem: str
 
 
 async def apply_events(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
@@ -86,6 +131,9 @@ async def apply_events(conn: asyncpg.Connection, events: Sequence[Event]) -> Non
             if seen is None or seen.version < event.version:
                 latest[event.fields["code"]] = event
     async with conn.transaction():
+        # The writer acknowledges a batch once this commits, so the commit must
+        # be on disk whatever the server's default (a lost commit is lost data).
+        await conn.execute("SET LOCAL synchronous_commit = on")
         await conn.executemany(INSERT_EVENT, [e.event_row() for e in events])
         if latest:
             await conn.executemany(UPSERT_CODE, [e.code_row() for e in latest.values()])

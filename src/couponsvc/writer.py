@@ -37,6 +37,8 @@ TRANSIENT = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    # A pooled connection that Postgres is closing (MagicStack/asyncpg#784).
+    asyncpg.InternalClientError,
 )
 
 
@@ -73,6 +75,13 @@ class Writer:
                 backoff = 0.1
             except (RedisError, *TRANSIENT) as exc:
                 log.warning("writer paused: %s", exc)
+                applied, backoff = 0, min(backoff * 2, 5.0)
+                await _sleep_unless(stop, backoff)
+                continue
+            except Exception:
+                # A bug must not stop the drain of every book: nothing unapplied
+                # was acknowledged, so log it loudly, back off and try again.
+                log.exception("writer pass failed; retrying")
                 applied, backoff = 0, min(backoff * 2, 5.0)
                 await _sleep_unless(stop, backoff)
                 continue
@@ -139,12 +148,17 @@ class Writer:
         if not entries:
             entries = _entries_of(await self.redis.xreadgroup(
                 GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size))
-        events = parse_entries(stream, entries)
-        if not events:
+        events, bad = parse_entries(stream, entries)
+        if not events and not bad:
             return 0
         self._retry_own.add(stream)  # until this batch is acknowledged
-        await self._apply(stream, events)
-        self._retry_own.discard(stream)
+        if events:
+            await self._apply(stream, events)
+        still_pending = False
+        for entry in bad:
+            still_pending |= not await self._failed(stream, entry.event, entry.problem)
+        if not still_pending:
+            self._retry_own.discard(stream)
         return len(events)
 
     async def _ensure_group(self, stream: str) -> None:
@@ -181,21 +195,30 @@ class Writer:
             except TRANSIENT:
                 raise
             except asyncpg.PostgresError as exc:
-                key = (stream, event.id)
-                self._attempts[key] = attempts = self._attempts.get(key, 0) + 1
-                if attempts < self.config.max_attempts:
-                    continue  # stays pending; retried on a later pass
-                await self._park(event, str(exc), attempts)
-                self._attempts.pop(key, None)
+                await self._failed(stream, event, str(exc))
+                continue
             await self.redis.xack(stream, GROUP, event.id)
+
+    async def _failed(self, stream: str, event: Event, error: str) -> bool:
+        """Counts a failed attempt; parks and acknowledges the event at the last
+        one. Returns whether the event is settled (parked)."""
+        key = (stream, event.id)
+        self._attempts[key] = attempts = self._attempts.get(key, 0) + 1
+        if attempts < self.config.max_attempts:
+            return False  # stays pending; retried on a later pass
+        await self._park(event, error, attempts)
+        self._attempts.pop(key, None)
+        await self.redis.xack(stream, GROUP, event.id)
+        return True
 
     async def _park(self, event: Event, error: str, attempts: int) -> None:
         log.error("parking event %s of %s after %d attempts: %s",
                   event.id, event.stream, attempts, error)
         await self.pool.execute(
-            "INSERT INTO parked_events (book_id, stream_id, fields, error, attempts)"
-            " VALUES ($1, $2, $3::jsonb, $4, $5) ON CONFLICT DO NOTHING",
-            event.book_id, event.id, event.fields_json(), error, attempts)
+            "INSERT INTO parked_events (stream, stream_id, book_id, fields, error, attempts)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            event.stream, event.id, event.fields.get("book", "").replace("\x00", ""),
+            event.fields_json(), error.replace("\x00", ""), attempts)
         if self.metrics is not None:
             self.metrics.parked.inc()
 
@@ -207,8 +230,8 @@ async def trim_acknowledged(redis: Redis, stream: str) -> None:
         return
     floor: str | None = None
     for group in groups:
-        if group["pending"]:
-            summary = await redis.xpending(stream, group["name"])
+        summary = await redis.xpending(stream, group["name"]) if group["pending"] else None
+        if summary is not None and summary["min"] is not None:
             candidate = str(summary["min"])
         else:
             ms, _, seq = str(group["last-delivered-id"]).partition("-")

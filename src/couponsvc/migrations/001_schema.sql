@@ -20,7 +20,7 @@ CREATE TABLE books (
 -- Bulk loads of a million codes are the hot spot here, so: codes compare as
 -- bytes (COLLATE "C": they are ASCII, and locale-aware comparison made every
 -- index insert slower), and book_id has no foreign key (its per-row trigger
--- cost as much as the insert itself; only Books writes codes, after the book).
+-- cost as much as the insert itself; `couponsvc verify` reports orphans).
 CREATE TABLE codes (
     code             text        COLLATE "C" PRIMARY KEY,    -- unique across all books
     book_id          uuid        NOT NULL,
@@ -51,12 +51,16 @@ CREATE INDEX events_code_idx ON events (code, at) WHERE code IS NOT NULL;
 CREATE INDEX events_user_idx ON events (user_id, at) WHERE user_id IS NOT NULL;
 
 -- Events the writer could not apply after several attempts, for an operator.
+-- Plain text columns on purpose: a malformed entry (a book that is no uuid, a
+-- NUL byte) must still be storable here, or it would block its stream.
 CREATE TABLE parked_events (
-    book_id    uuid        NOT NULL,
+    stream     text        NOT NULL,                          -- the Redis stream key
     stream_id  text        NOT NULL,
-    fields     jsonb       NOT NULL,
+    book_id    text        NOT NULL,                          -- as the entry gave it
+    fields     text        NOT NULL,                          -- the entry, as JSON
     error      text        NOT NULL,
     attempts   integer     NOT NULL,
     parked_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (book_id, stream_id)
+    PRIMARY KEY (stream, stream_id)
 );
+CREATE INDEX parked_events_book_idx ON parked_events (book_id);

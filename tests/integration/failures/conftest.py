@@ -1,0 +1,100 @@
+"""Real processes for the write-behind failure tests.
+
+Each test gets its own redis-server, its own PostgreSQL database (cloned from
+a migrated template in one cluster for the whole folder), its own API process
+with COUPONSVC_DATABASE_URL set, and the writer processes it starts. Tests
+kill and restart these freely; each one is stopped by its own PID when the
+test ends, whether it passed or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from support.postgres import Postgres, remove
+
+from ..support import Api, ApiServer, RedisServer, http_client
+from .clusters import new_cluster, new_database
+from .harness import Durable
+
+# A request slower than this counts as hanging: the client gives up.
+CLIENT_TIMEOUT_SECONDS = 10.0
+LOG_TAIL_CHARS = 8000
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = new_cluster()
+    try:
+        yield server
+    finally:
+        remove(server)
+
+
+@pytest.fixture
+async def pg_url(postgres: Postgres) -> str:
+    """A fresh, migrated database for this test alone."""
+    return await new_database(postgres)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """This test's own redis-server (no persistence; a module may override it)."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def stack(redis_server: RedisServer, pg_url: str, tmp_path: Path) -> Iterator[Durable]:
+    """The API on this test's Redis and Postgres; writers are started by the test."""
+    api = ApiServer(redis_server.url, tmp_path, {"COUPONSVC_DATABASE_URL": pg_url}).start()
+    durable = Durable(redis_server, pg_url, api, tmp_path)
+    try:
+        yield durable
+    finally:
+        durable.close()
+
+
+@pytest.fixture
+async def api(stack: Durable) -> AsyncIterator[Api]:
+    async with http_client(stack.api.base_url, timeout=CLIENT_TIMEOUT_SECONDS) as client:
+        yield Api(client, stack.api)
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def conn(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(pg_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    """On failure, show the end of the logs of the writers the test started (the
+    parent conftest shows the API's)."""
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, Durable):
+                report.sections.append(("writer logs", value.writer_logs()[-LOG_TAIL_CHARS:]))
+    return report

@@ -1,0 +1,227 @@
+"""Processes and comparisons shared by the write-behind failure tests.
+
+Every process here is started by the suite on a port chosen at run time and
+stopped by its own PID; nothing is ever killed by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+
+from couponsvc.outbox import GROUP
+
+from ..support import (
+    PROJECT_ROOT,
+    START_TIMEOUT_SECONDS,
+    ApiServer,
+    RedisServer,
+    redis_ping,
+)
+
+# A writer presumed dead once its entries sit unacknowledged this long.
+CLAIM_IDLE_MS = "500"
+STOP_TIMEOUT_SECONDS = 15.0
+CLI_TIMEOUT_SECONDS = 60.0
+
+
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                 timeout: float = STOP_TIMEOUT_SECONDS) -> int:
+    """Signals one process this suite started, by its own PID; reaps it; its exit code."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        process.send_signal(signal.SIGCONT)  # a paused process must run to see the signal
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclass
+class AofRedis(RedisServer):
+    """A redis-server persisting to an append-only file, as production runs it:
+    restarted on the same port and folder, it replays what it acknowledged."""
+
+    def start(self) -> AofRedis:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+             "--dir", str(self.directory), "--logfile", str(self.log_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not redis_ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = self.log_path.read_text() if self.log_path.exists() else ""
+                self.stop()
+                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
+            time.sleep(0.02)
+        return self
+
+
+@dataclass
+class Durable:
+    """A redis-server, a PostgreSQL database, the API on both, and the writer
+    processes a test starts; `close()` stops every one of them."""
+
+    redis: RedisServer
+    pg_url: str
+    api: ApiServer
+    directory: Path
+    writers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment the API runs with, for the other couponsvc commands."""
+        env = {name: value for name, value in os.environ.items()
+               if not name.startswith("COUPONSVC_")}
+        env.update({
+            "COUPONSVC_REDIS_URL": self.redis.url,
+            "COUPONSVC_DATABASE_URL": self.pg_url,
+            "COUPONSVC_JWT_SECRET": self.api.secret,
+            "COUPONSVC_ENV": "test",
+            "COUPONSVC_KEY_PREFIX": "cb",
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def start_writer(self, *extra: str, database_url: str | None = None
+                     ) -> subprocess.Popen[bytes]:
+        """`couponsvc writer --claim-idle-ms 500`, logging to its own file."""
+        log_path = self.directory / f"writer-{len(self.logs)}.log"
+        self.logs.append(log_path)
+        env = self.env
+        if database_url is not None:
+            env["COUPONSVC_DATABASE_URL"] = database_url
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "couponsvc", "writer", "--claim-idle-ms", CLAIM_IDLE_MS,
+                 *extra],
+                cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+        self.writers.append(process)
+        return process
+
+    async def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """One `couponsvc ...` command to completion, bounded in time."""
+        return await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "couponsvc", *argv], cwd=PROJECT_ROOT,
+            env=self.env, capture_output=True, text=True, timeout=CLI_TIMEOUT_SECONDS)
+
+    async def drain(self) -> None:
+        done = await self.run("writer", "--drain", "--claim-idle-ms", CLAIM_IDLE_MS)
+        assert done.returncode == 0, f"writer --drain failed:\n{done.stderr[-4000:]}"
+
+    async def verify(self) -> None:
+        done = await self.run("verify")
+        assert done.returncode == 0, f"verify found differences:\n{done.stdout[-4000:]}"
+
+    def writer_log(self, process: subprocess.Popen[bytes]) -> str:
+        path = self.logs[self.writers.index(process)]
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def writer_logs(self) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
+                         for path in self.logs if path.exists())
+
+    def close(self) -> None:
+        for process in self.writers:
+            stop_process(process)
+        self.api.stop()
+        self.redis.stop()
+
+
+async def book_prefix(redis: Redis, book_id: str) -> str:
+    number = await redis.hget("cb:books", book_id)
+    assert number is not None, f"{book_id} not in cb:books"
+    return f"cb:{{book:{number}}}"
+
+
+async def stream_of(redis: Redis, book_id: str) -> str:
+    return f"{await book_prefix(redis, book_id)}:events"
+
+
+def _ms(moment: datetime | None) -> int:
+    return 0 if moment is None else round(moment.timestamp() * 1000)
+
+
+async def differences(redis: Redis, conn: asyncpg.Connection, book_id: str) -> list[str]:
+    """Each code of the book whose state differs: Redis's `assigned` hash and
+    `free` set against Postgres's codes rows (owner, assignedAt, times
+    redeemed, last redemption, version)."""
+    prefix = await book_prefix(redis, book_id)
+    expected: dict[str, tuple[Any, ...]] = {
+        code: (None, 0, 0, 0, 0) for code in await redis.smembers(f"{prefix}:free")}
+    for code, raw in (await redis.hgetall(f"{prefix}:assigned")).items():
+        owner, at, times, last, version = raw.split("|")
+        expected[code] = (owner, int(at), int(times), int(last), int(version))
+    rows = await conn.fetch(
+        "SELECT code, owner, assigned_at, times_redeemed, last_redeemed_at, version"
+        " FROM codes WHERE book_id = $1", book_id)
+    actual = {r["code"]: (r["owner"], _ms(r["assigned_at"]), r["times_redeemed"],
+                          _ms(r["last_redeemed_at"]), r["version"]) for r in rows}
+    return [f"{code}: redis={expected.get(code)} postgres={actual.get(code)}"
+            for code in sorted(expected.keys() | actual.keys())
+            if expected.get(code) != actual.get(code)]
+
+
+async def event_types(conn: asyncpg.Connection, book_id: str) -> Counter[str]:
+    rows = await conn.fetch(
+        "SELECT type, count(*) AS n FROM events WHERE book_id = $1 GROUP BY type", book_id)
+    return Counter({r["type"]: r["n"] for r in rows})
+
+
+async def duplicate_events(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM events GROUP BY book_id, stream_id"
+        " HAVING count(*) > 1) AS twice"))
+
+
+async def unacknowledged(redis: Redis, stream: str) -> int:
+    """Entries of the stream the writers' group has not acknowledged: pending
+    (delivered) plus not yet delivered (the group's lag)."""
+    groups = [g for g in await redis.xinfo_groups(stream) if g["name"] == GROUP]
+    if not groups:
+        return int(await redis.xlen(stream))
+    return int(groups[0]["pending"]) + int(groups[0]["lag"] or 0)
+
+
+async def kill_holding_entries(process: subprocess.Popen[bytes], redis: Redis, stream: str,
+                               attempts: int = 500) -> int:
+    """SIGKILLs a running writer at a moment it holds delivered but unacknowledged
+    entries (it is paused with SIGSTOP while its pending entries are counted);
+    returns how many it held."""
+    for _ in range(attempts):
+        process.send_signal(signal.SIGSTOP)
+        held = int((await redis.xpending(stream, GROUP))["pending"])
+        if held:
+            stop_process(process, signal.SIGKILL)
+            return held
+        process.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"the writer never held unacknowledged entries in {attempts} tries")
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str,
+                   interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        await asyncio.sleep(interval)

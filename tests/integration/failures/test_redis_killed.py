@@ -1,0 +1,116 @@
+"""Redis killed with SIGKILL under load and restarted on its append-only file:
+every change the API acknowledged reaches Postgres, the outage answers fast
+503s, and service resumes on its own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from ..support import Api, RedisServer, assert_problem, new_code, new_user
+from .harness import (
+    AofRedis,
+    Durable,
+    differences,
+    duplicate_events,
+    stream_of,
+    unacknowledged,
+    wait_for,
+)
+from .load import Tally, flows_reached, run_load
+
+pytestmark = pytest.mark.integration
+
+CODES = 900
+FLOWS = 1200
+CONCURRENCY = 20
+LOAD_SECONDS = 40.0
+OUTAGE_SECONDS = 1.5
+RECOVERY_SECONDS = 20.0
+CATCH_UP_SECONDS = 30.0
+# What a request may answer while Redis dies and comes back: success, the
+# book running out, a lock held by the racing request, or a fast 503.
+EXPECTED = {200, 409, 423, 503}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """AOF with fsync every second, as production runs it."""
+    server = AofRedis(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    assert_problem(response, 503, "service-unavailable")
+    assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_acknowledged_changes_survive_a_redis_crash(
+        stack: Durable, api: Api, redis: Redis, redis_server: RedisServer,
+        conn: asyncpg.Connection) -> None:
+    book = await api.create_book(lockTtlSeconds=3600)
+    await api.upload(book["id"], [new_code() for _ in range(CODES)])
+    stream = await stream_of(redis, book["id"])
+    writer = stack.start_writer()
+
+    tally = Tally()
+    stop = asyncio.Event()
+    load = asyncio.create_task(run_load(api, book["id"], tally, flows=FLOWS,
+                                        concurrency=CONCURRENCY, deadline_s=LOAD_SECONDS,
+                                        stop=stop, pause_on_error_s=0.5))
+    try:
+        await wait_for(flows_reached(tally, 150), LOAD_SECONDS, "the load to start")
+        redis_server.kill()
+        probe = new_user()
+        for call in (api.assign(book["id"], probe), api.lock(new_code(), probe),
+                     api.redeem(new_code(), probe), api.get(f"/coupons/{book['id']}")):
+            assert_unavailable(await call)  # the client gives up after 10 s: a hang fails
+        ready = await api.client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+        await asyncio.sleep(OUTAGE_SECONDS)
+
+        redis_server.start()  # same port, same folder: it replays its AOF
+        await redis.connection_pool.disconnect()  # this test's own client: connect afresh
+
+        async def serving() -> bool:
+            return (await api.assign(book["id"], probe)).status_code == 200
+        await wait_for(serving, RECOVERY_SECONDS, "the API to serve again", interval=0.2)
+        at_resume = tally.flows
+        await wait_for(flows_reached(tally, at_resume + 100), LOAD_SECONDS,
+                       "the load to go on after the restart")
+    finally:
+        stop.set()
+        await load
+    assert tally.statuses["assign 503"] > 0, tally.statuses
+    assert not [s for s in tally.statuses if s.startswith("error")], tally.statuses
+    assert {int(s.split()[1]) for s in tally.statuses} <= EXPECTED, tally.statuses
+
+    async def caught_up() -> bool:
+        return await unacknowledged(redis, stream) == 0 or writer.poll() is not None
+    await wait_for(caught_up, CATCH_UP_SECONDS, "the writer to catch up", interval=0.25)
+    assert writer.poll() is None, f"the writer exited:\n{stack.writer_log(writer)[-1500:]}"
+    await stack.drain()
+
+    rows = {r["code"]: r for r in await conn.fetch(
+        "SELECT code, owner, times_redeemed FROM codes WHERE book_id = $1", book["id"])}
+    lost = [code for code, user in tally.assigned.items()
+            if code not in rows or rows[code]["owner"] != user]
+    assert lost == [], f"{len(lost)} acknowledged assignments missing from Postgres"
+    unredeemed = [code for code, times in tally.redeemed.items()
+                  if rows[code]["times_redeemed"] != times]
+    assert unredeemed == [], f"{len(unredeemed)} acknowledged redemptions missing"
+    locked = {r["code"] for r in await conn.fetch(
+        "SELECT DISTINCT code FROM events WHERE book_id = $1 AND type = 'locked'", book["id"])}
+    assert tally.locked <= locked, f"{len(tally.locked - locked)} acknowledged locks missing"
+    assert await differences(redis, conn, book["id"]) == []
+    assert await duplicate_events(conn) == 0
+    await stack.verify()

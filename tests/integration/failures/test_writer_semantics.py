@@ -1,0 +1,163 @@
+"""What the writer promises about delivery: redelivered and out-of-order
+events change nothing, two writers at once apply each event once, and
+SIGTERM stops a writer cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import asyncpg
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from couponsvc.outbox import GROUP, apply_events, parse_entries
+
+from ..support import Api, free_port
+from .harness import (
+    Durable,
+    differences,
+    duplicate_events,
+    event_types,
+    stop_process,
+    stream_of,
+    unacknowledged,
+    wait_for,
+)
+from .load import Tally, churn, flows_reached, run_load
+
+pytestmark = pytest.mark.integration
+
+CATCH_UP_SECONDS = 20.0
+STOP_SECONDS = 5.0
+TABLES = ("SELECT * FROM events ORDER BY book_id, stream_id",
+          "SELECT * FROM codes ORDER BY code",
+          "SELECT * FROM books ORDER BY id")
+
+
+async def snapshot(conn: asyncpg.Connection) -> list[list[asyncpg.Record]]:
+    return [await conn.fetch(query) for query in TABLES]
+
+
+async def test_redelivered_events_change_nothing(
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection) -> None:
+    book, codes = await api.book_with_codes(30)
+    stream = await stream_of(redis, book["id"])
+    written = await churn(api, codes[:20])
+    # A second group that reads nothing keeps every entry in the stream (entries
+    # are trimmed only once every group is past them), so all can be replayed.
+    await redis.xgroup_create(stream, "keep", id="0")
+    await stack.drain()
+    before = await snapshot(conn)
+    assert sum((await event_types(conn, book["id"])).values()) == 2 + written
+    assert await redis.xlen(stream) == 2 + written
+
+    await redis.xgroup_setid(stream, GROUP, "0")
+    assert await unacknowledged(redis, stream) == 2 + written
+    await stack.drain()
+
+    assert await unacknowledged(redis, stream) == 0
+    assert await snapshot(conn) == before
+    assert await differences(redis, conn, book["id"]) == []
+
+
+async def test_events_applied_out_of_order_keep_the_latest_state(
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection) -> None:
+    book, codes = await api.book_with_codes(2)
+    stream = await stream_of(redis, book["id"])
+    await churn(api, codes)  # codes[0]: assigned v1, locked v2, redeemed v3
+    entries = await redis.xrange(stream)
+    events = [e for e in parse_entries(stream, entries)[0] if e.fields.get("code") == codes[0]]
+    assert [(e.type, e.version) for e in events] == [
+        ("assigned", 1), ("locked", 2), ("redeemed", 3)]
+    others = [e for e in parse_entries(stream, entries)[0] if e not in events]
+
+    # The latest first, then the earlier ones one by one, then all at once reversed.
+    for batch in ([events[2]], [events[0]], [events[1]], events[::-1], others[::-1]):
+        await apply_events(conn, batch)
+
+    row = await conn.fetchrow("SELECT owner, times_redeemed, version FROM codes WHERE code = $1",
+                              codes[0])
+    assert dict(row) == {"owner": f"user-{codes[0]}", "times_redeemed": 1, "version": 3}
+    assert await differences(redis, conn, book["id"]) == []
+    assert sum((await event_types(conn, book["id"])).values()) == len(entries)
+
+
+async def test_two_writers_at_once_apply_every_event_once(
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection) -> None:
+    book, codes = await api.book_with_codes(250)
+    stream = await stream_of(redis, book["id"])
+    ports = [free_port(), free_port()]
+    writers = [stack.start_writer("--metrics-port", str(port)) for port in ports]
+
+    async def both_running() -> bool:
+        try:
+            return all([await applied_by(port) >= 0 for port in ports])
+        except httpx.TransportError:  # not serving metrics yet
+            return False
+    await wait_for(both_running, CATCH_UP_SECONDS, "both writers to start")
+    tally = Tally()
+    await run_load(api, book["id"], tally, flows=250, concurrency=30, deadline_s=30)
+    assert tally.ok("assign") == 250, tally.statuses
+
+    async def caught_up() -> bool:
+        return await unacknowledged(redis, stream) == 0
+    await wait_for(caught_up, CATCH_UP_SECONDS, "the writers to catch up")
+    assert all(w.poll() is None for w in writers)
+    applied = [await applied_by(port) for port in ports]
+
+    assert await duplicate_events(conn) == 0
+    types = await event_types(conn, book["id"])
+    assert types == {"book_created": 1, "codes_added": 1, "assigned": tally.ok("assign"),
+                     "locked": tally.ok("lock"), "redeemed": tally.ok("redeem")}, tally.statuses
+    assert await differences(redis, conn, book["id"]) == []
+    # Both took part; an entry is applied twice only when reclaimed from a writer
+    # that held it over 500 ms, and then changes nothing (checked above).
+    assert all(n > 0 for n in applied) and sum(applied) >= sum(types.values()), applied
+
+
+async def applied_by(port: int) -> float:
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    [line] = [ln for ln in text.splitlines() if ln.startswith("couponsvc_writer_events_total ")]
+    return float(line.split()[1])
+
+
+async def test_sigterm_stops_a_busy_writer_cleanly(
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection) -> None:
+    book, _ = await api.book_with_codes(300)
+    stream = await stream_of(redis, book["id"])
+    writer = stack.start_writer()
+    tally = Tally()
+    stop = asyncio.Event()
+    load = asyncio.create_task(run_load(api, book["id"], tally, flows=300, concurrency=20,
+                                        deadline_s=30, stop=stop))
+    try:
+        async def applying() -> bool:
+            return bool(await conn.fetchval("SELECT count(*) FROM events WHERE type = 'assigned'"))
+        await wait_for(applying, CATCH_UP_SECONDS, "the writer to apply events")
+        # A writer that outlives the timeout is killed, and its code is then -9.
+        code = await asyncio.to_thread(stop_process, writer, signal.SIGTERM, STOP_SECONDS)
+        await wait_for(flows_reached(tally, tally.flows + 20), CATCH_UP_SECONDS, "more load")
+    finally:
+        stop.set()
+        await load
+    assert code == 0, stack.writer_log(writer)[-1500:]
+    assert "stopped" in stack.writer_log(writer)
+    assert await unacknowledged(redis, stream) > 0  # the load went on after it stopped
+
+    await stack.drain()
+    assert await differences(redis, conn, book["id"]) == []
+    assert sum((await event_types(conn, book["id"])).values()) == 2 + tally.events
+
+
+async def test_sigterm_stops_a_writer_waiting_for_postgres(stack: Durable, api: Api) -> None:
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"  # nobody listens
+    writer = stack.start_writer(database_url=nowhere)
+    await api.book_with_codes(1)
+
+    async def backing_off() -> bool:
+        return stack.writer_log(writer).count("writer paused") >= 3
+    await wait_for(backing_off, CATCH_UP_SECONDS, "the writer to back off")
+    assert stop_process(writer, signal.SIGTERM, timeout=STOP_SECONDS) == 0
