@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import TypedDict, cast
 
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -38,6 +38,17 @@ class State(TypedDict):
 
 
 def connect_redis(settings: Settings) -> Redis:
+    """One client for the process. With COUPONSVC_REDIS_CLUSTER it is redis-py's
+    cluster client, which offers the same commands (hence the cast): every
+    script call's keys share one slot, so nothing else changes."""
+    if settings.redis_cluster:
+        cluster = RedisCluster.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+        )
+        return cast(Redis, cluster)
     # Short timeouts: a Redis outage answers 503 quickly instead of hanging.
     return Redis.from_url(
         settings.redis_url,
@@ -62,8 +73,11 @@ def create_app(settings: Settings) -> Starlette:
         if pool is None:
             log.warning("no COUPONSVC_DATABASE_URL: running without a durable record")
         try:
+            # The RESP client speaks to one node; a cluster uses redis-py pipelines,
+            # which route each command to its slot's node.
+            resp = settings.hot_path_client == "resp" and not settings.redis_cluster
             pipe = RespPipeline(settings.redis_url, settings.redis_timeout_seconds) \
-                if settings.hot_path_client == "resp" else None
+                if resp else None
             scripts = Scripts(redis, pipe)
             try:
                 await scripts.load()

@@ -18,6 +18,8 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # A Redis Cluster (any node in redis_url): redis-py's cluster client.
+    redis_cluster: bool = False
     # Empty: no durable record (tests and dev only; refused in production).
     database_url: str = field(default="", repr=False)
     host: str = "127.0.0.1"
@@ -54,6 +56,7 @@ class Settings:
         secret = get("JWT_SECRET") or (DEV_SECRET if dev and not public_key else "")
         settings = cls(
             redis_url=get("REDIS_URL", defaults.redis_url),
+            redis_cluster=get("REDIS_CLUSTER", "false").lower() in ("1", "true", "yes"),
             database_url=get("DATABASE_URL"),
             host=get("HOST", defaults.host),
             port=_int(get("PORT", str(defaults.port)), "COUPONSVC_PORT"),

@@ -9,11 +9,14 @@ stack of their own. Every server is stopped by its own PID.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio import RedisCluster as ClusterClient
+
+from support.cluster import RedisCluster
 
 from .support import (
     AUDIENCE,
@@ -29,17 +32,29 @@ from .support import (
 LOG_TAIL_CHARS = 8000
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+@pytest.fixture(scope="session", params=["single", "cluster"])
+def redis_server(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | RedisCluster]:
+    """The whole HTTP suite runs twice: on one redis-server, and unchanged on a
+    real Redis Cluster (three primaries with a replica each) on loopback."""
+    server: RedisServer | RedisCluster
+    if request.param == "cluster":
+        server = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    else:
+        server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
 
 
+def is_cluster(server: RedisServer | RedisCluster) -> bool:
+    return isinstance(server, RedisCluster)
+
+
 @pytest.fixture(scope="session")
-def api_server(redis_server: RedisServer,
+def api_server(redis_server: RedisServer | RedisCluster,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    server = ApiServer(redis_server.url, tmp_path_factory.mktemp("api")).start()
+    extra = {"COUPONSVC_REDIS_CLUSTER": "true"} if is_cluster(redis_server) else {}
+    server = ApiServer(redis_server.url, tmp_path_factory.mktemp("api"), extra).start()
     yield server
     server.stop()
 
@@ -56,8 +71,13 @@ def api(client: httpx.AsyncClient, api_server: ApiServer) -> Api:
 
 
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+async def redis(redis_server: RedisServer | RedisCluster) -> AsyncIterator[Redis]:
     """A client on the session's Redis, to check the state the API left there."""
+    if is_cluster(redis_server):
+        cluster = ClusterClient.from_url(redis_server.url, decode_responses=True)
+        yield cast(Redis, cluster)  # the same commands, routed by slot
+        await cluster.aclose()
+        return
     client = Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     await client.aclose()
