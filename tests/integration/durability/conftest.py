@@ -39,6 +39,7 @@ from couponsvc.settings import Settings
 from couponsvc.store import Store
 from couponsvc.verify import Difference, collect
 from couponsvc.writer import Writer, WriterConfig
+from support.cluster import RedisCluster
 from support.postgres import Postgres, remove, start_postgres
 
 TEMPLATE = "couponsvc_template"
@@ -170,11 +171,30 @@ class Service:
                        Writer(self.redis, self.pool, self.keys, WriterConfig(claim_idle_ms=0)))
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One local Redis Cluster for the session; tests keep apart by key prefix."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """(url, is a cluster): the write-behind and rebuild tests run on both."""
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url, True
+    url: str = request.getfixturevalue("redis_url")
+    return url, False
+
+
 @pytest.fixture
-async def service(pg_url: str, redis_url: str) -> AsyncIterator[Service]:
+async def service(pg_url: str, redis_target: tuple[str, bool]) -> AsyncIterator[Service]:
+    redis_url, cluster = redis_target
     # A prefix other than the default catches any key spelled outside keys.py.
     settings = Settings(env="dev", database_url=pg_url, redis_url=redis_url,
-                        key_prefix=f"t{uuid.uuid4().hex[:6]}")
+                        redis_cluster=cluster, key_prefix=f"t{uuid.uuid4().hex[:6]}")
     redis = connect_redis(settings)
     pool = await db.connect(pg_url, min_size=1, max_size=4)
     scripts = Scripts(redis)
@@ -302,4 +322,5 @@ def cli_environment(service: Service) -> dict[str, str]:
         "COUPONSVC_DATABASE_URL": service.settings.database_url,
         "COUPONSVC_REDIS_URL": service.settings.redis_url,
         "COUPONSVC_KEY_PREFIX": service.settings.key_prefix,
+        "COUPONSVC_REDIS_CLUSTER": "true" if service.settings.redis_cluster else "false",
     }
