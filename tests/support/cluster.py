@@ -46,8 +46,9 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        """Any node will do: the client discovers the others."""
-        return f"redis://127.0.0.1:{self.ports[0]}/0"
+        """Any live node will do: the client discovers the others."""
+        live = [p for p in self.ports if p in self.processes] or self.ports
+        return f"redis://127.0.0.1:{live[0]}/0"
 
     def start(self) -> RedisCluster:
         for port in self.ports:
@@ -67,6 +68,8 @@ class RedisCluster:
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
              "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
+             # Replicas sync at once rather than after the default 5 s delay.
+             "--repl-diskless-sync-delay", "0",
              "--dir", str(node_dir), "--logfile", str(node_dir / "redis.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -77,12 +80,20 @@ class RedisCluster:
             time.sleep(0.05)
 
     def wait_healthy(self) -> None:
+        """Every node sees the cluster ok, and every replica has synced (a replica
+        that never synced will not take over from a failed primary)."""
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         live = [p for p in self.ports if p in self.processes]
-        while not all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in live):
+        while not all(self._healthy(p) for p in live):
             if time.monotonic() > deadline:
                 raise RuntimeError("the cluster did not become healthy")
             time.sleep(0.1)
+
+    def _healthy(self, port: int) -> bool:
+        if "cluster_state:ok" not in _cli(port, "CLUSTER", "INFO"):
+            return False
+        replication = _cli(port, "INFO", "replication")
+        return "role:master" in replication or "master_link_status:up" in replication
 
     def primaries(self) -> list[int]:
         return [p for p in self.ports if p in self.processes

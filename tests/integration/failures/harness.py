@@ -23,6 +23,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from couponsvc.outbox import GROUP
+from support.cluster import RedisCluster
 
 from ..support import (
     PROJECT_ROOT,
@@ -80,12 +81,13 @@ class Durable:
     """A redis-server, a PostgreSQL database, the API on both, and the writer
     processes a test starts; `close()` stops every one of them."""
 
-    redis: RedisServer
+    redis: RedisServer | RedisCluster
     pg_url: str
     api: ApiServer
     directory: Path
     writers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. cluster mode
 
     @property
     def env(self) -> dict[str, str]:
@@ -99,6 +101,7 @@ class Durable:
             "COUPONSVC_ENV": "test",
             "COUPONSVC_KEY_PREFIX": "cb",
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         })
         return env
 
