@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help venv deps run test check lint typecheck deploy-check pytest clean
+.PHONY: help venv deps run test check lint typecheck deploy-check workflow-check pytest clean
 
 help:
 	@echo "make run    set up and serve the API on a local Redis"
@@ -32,7 +32,10 @@ typecheck: venv
 deploy-check: venv
 	PYTHON=$(BIN)/python scripts/check-deploy.sh
 
-check: lint typecheck deploy-check
+workflow-check: venv
+	PYTHON=$(BIN)/python scripts/check-workflows.sh
+
+check: lint typecheck deploy-check workflow-check
 
 pytest: venv deps
 	$(BIN)/pytest
