@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help venv deps run test check lint typecheck deploy-check workflow-check pytest clean
+.PHONY: help venv deps run test check lint typecheck deploy-check workflow-check pytest pulumi-test clean
 
 help:
 	@echo "make run    set up and serve the API on a local Redis"
@@ -24,7 +24,7 @@ deps:
 	@scripts/ensure-deps.sh
 
 lint: venv
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests pulumi
 
 typecheck: venv
 	$(BIN)/mypy
@@ -40,7 +40,16 @@ check: lint typecheck deploy-check workflow-check
 pytest: venv deps
 	$(BIN)/pytest
 
-test: check pytest
+# The Pulumi program's unit tests: offline, with pulumi's mocks, no Pulumi CLI.
+$(VENV)/.pulumi-installed: $(VENV)/.installed pulumi/requirements.txt
+	$(BIN)/pip install --quiet -r pulumi/requirements.txt
+	touch $@
+
+pulumi-test: $(VENV)/.pulumi-installed
+	$(BIN)/mypy --strict pulumi/couponinfra pulumi/__main__.py
+	$(BIN)/python -m pytest pulumi/tests
+
+test: check pytest pulumi-test
 
 run: venv deps
 	@scripts/run-local.sh
