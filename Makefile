@@ -5,12 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help venv deps run test check lint typecheck deploy-check workflow-check pytest pulumi-test clean
+.PHONY: help venv deps run test check lint typecheck deploy-check workflow-check pytest pulumi-test bench bench-quick clean
 
 help:
 	@echo "make run    set up and serve the API on a local Redis"
 	@echo "make test   set up and run lint, type checks and the whole test suite"
 	@echo "make check  lint and type checks only"
+	@echo "make bench  start a local stack, measure it, write bench/results/ (~7 min)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,7 @@ deps:
 	@scripts/ensure-deps.sh
 
 lint: venv
-	$(BIN)/ruff check src tests pulumi
+	$(BIN)/ruff check src tests pulumi bench
 
 typecheck: venv
 	$(BIN)/mypy
@@ -50,6 +51,13 @@ pulumi-test: $(VENV)/.pulumi-installed
 	$(BIN)/python -m pytest pulumi/tests
 
 test: check pytest pulumi-test
+
+# Benchmarks are never part of `make test` (see bench/README.md).
+bench: venv deps
+	$(BIN)/python bench/run.py --update-readme
+
+bench-quick: venv deps
+	$(BIN)/python bench/run.py --quick
 
 run: venv deps
 	@scripts/run-local.sh

@@ -1,0 +1,154 @@
+"""Talking to the service under test: its HTTP API, and (for a local run) its
+Redis directly, to read the outbox's consumer-group state."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis as redis_sync
+
+from couponsvc.keys import Keys
+from couponsvc.outbox import GROUP
+
+ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # the service's code alphabet
+_GAUGE = re.compile(r"^(couponsvc_outbox_\w+) ([0-9.eE+-]+)$", re.M)
+
+
+class Api:
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.http = httpx.Client(base_url=self.url, timeout=900,
+                                 headers={"Authorization": f"Bearer {token}"})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _ok(self, response: httpx.Response) -> dict:
+        if response.status_code >= 300:
+            raise RuntimeError(f"{response.request.method} {response.request.url.path}: "
+                               f"{response.status_code} {response.text[:500]}")
+        return response.json()
+
+    def create_book(self, name: str, **settings: object) -> dict:
+        return self._ok(self.http.post("/coupons", json={"name": name, **settings}))
+
+    def book(self, book_id: str) -> dict:
+        return self._ok(self.http.get(f"/coupons/{book_id}"))
+
+    def upload(self, body: bytes) -> tuple[dict, float]:
+        """POST /coupons/codes with a pre-encoded JSON body; (result, seconds)."""
+        started = time.perf_counter()
+        response = self.http.post("/coupons/codes", content=body,
+                                  headers={"Content-Type": "application/json"})
+        seconds = time.perf_counter() - started
+        return self._ok(response), seconds
+
+    def generate(self, book_id: str, count: int, pattern: str = "############") -> list[str]:
+        codes: list[str] = []
+        while len(codes) < count:  # 200,000 a request: well within every limit
+            n = min(count - len(codes), 200_000)
+            result = self._ok(self.http.post("/coupons/codes", json={
+                "couponBookId": book_id, "generate": {"pattern": pattern, "count": n}}))
+            codes.extend(result["codes"])
+        return codes
+
+    def outbox_gauges(self) -> dict[str, float]:
+        text = self.http.get("/metrics").text
+        return {name: float(value) for name, value in _GAUGE.findall(text)}
+
+
+def write_pairs(path: Path, codes: list[str], user_prefix: str) -> list[tuple[str, str]]:
+    pairs = [(code, f"{user_prefix}{i}") for i, code in enumerate(codes)]
+    path.write_text("".join(f"{c} {u}\n" for c, u in pairs))
+    return pairs
+
+
+class Outbox:
+    """The writer's backlog, read from Redis: entries not yet delivered (lag)
+    plus delivered but not acknowledged (pending), over every book's stream."""
+
+    def __init__(self, redis_url: str, prefix: str = "cb") -> None:
+        self.redis = redis_sync.Redis.from_url(redis_url, decode_responses=True)
+        self.keys = Keys(prefix)
+
+    def streams(self) -> list[str]:
+        return [self.keys.book(int(n)).events for n in self.redis.hvals(self.keys.books)]
+
+    def backlog(self) -> int:
+        total = 0
+        for stream in self.streams():
+            groups = {g["name"]: g for g in self.redis.xinfo_groups(stream)}
+            group = groups.get(GROUP)
+            if group is None:
+                total += int(self.redis.xlen(stream))
+                continue
+            lag = group.get("lag")
+            if lag is None:  # Redis cannot tell after some deletions: count them
+                lag = len(self.redis.xrange(stream, min=f"({group['last-delivered-id']}"))
+            total += int(lag) + int(group["pending"])
+        return total
+
+    def stream_lengths(self) -> int:
+        return sum(int(self.redis.xlen(s)) for s in self.streams())
+
+    def wait_drained(self, timeout: float = 120.0, trimmed: bool = False) -> float:
+        """Waits until the writer has acknowledged everything (and, with
+        `trimmed`, has trimmed the streams); returns the seconds waited."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.backlog() == 0 and (not trimmed or self.stream_lengths() == 0):
+                return time.monotonic() - started
+            time.sleep(0.05)
+        raise RuntimeError(f"the outbox did not drain in {timeout:.0f} s")
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+@dataclass
+class LagSampler:
+    """Samples the writer's lag every `interval` seconds in a thread: the API's
+    own gauge (GET /metrics) and, when we can reach Redis, the backlog."""
+
+    api: Api
+    outbox: Outbox | None = None
+    interval: float = 0.1
+    samples: list[dict[str, float]] = field(default_factory=list)
+
+    def __enter__(self) -> LagSampler:
+        self._stop = threading.Event()
+        self._http = httpx.Client(base_url=self.api.url, timeout=5,
+                                  headers={"Authorization": f"Bearer {self.api.token}"})
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._http.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic() - self._t0
+            sample: dict[str, float] = {"t": round(t, 3)}
+            try:
+                text = self._http.get("/metrics").text
+                gauges = {n: float(v) for n, v in _GAUGE.findall(text)}
+                sample["oldest_unacked_s"] = gauges.get("couponsvc_outbox_oldest_unacked_seconds",
+                                                        float("nan"))
+                sample["metrics_backlog"] = (gauges.get("couponsvc_outbox_lag_events", 0)
+                                             + gauges.get("couponsvc_outbox_pending_events", 0))
+            except httpx.HTTPError:
+                sample["oldest_unacked_s"] = float("nan")
+            if self.outbox is not None:
+                sample["backlog"] = self.outbox.backlog()
+            self.samples.append(sample)
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - self._t0 - t)))
