@@ -11,7 +11,7 @@ handling, timeouts and the cluster client's slot routing stay redis-py's.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from redis.asyncio import Redis
 
@@ -29,31 +29,26 @@ class Command(NamedTuple):
     options: dict[str, Any]
 
 
+Item = TypeVar("Item")
+
 # A batch larger than this is sent at once rather than waiting for the turn to end.
 MAX_BATCH = 256
 
 
-class Coalescer:
-    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH) -> None:
-        self._redis = redis
+class Batcher(Generic[Item]):
+    """Collects what callers queue during one event-loop turn and hands it to
+    `_send` as one batch (sooner when `max_batch` items are waiting)."""
+
+    def __init__(self, max_batch: int) -> None:
         self._max_batch = max_batch
-        self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Item, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def execute(self, *args: Any, **options: Any) -> Any:
-        """Runs one command in the next batch and returns its reply (or raises its error).
-
-        `options` reach redis-py's reply parsing, as its own command methods pass
-        them (e.g. `get=True` for SET ... GET)."""
-        return await self.submit(*args, **options)
-
-    def submit(self, *args: Any, **options: Any) -> asyncio.Future[Any]:
-        """Queues a command now. Commands of one batch run in the order queued;
-        separate batches may run on separate connections, in any order."""
+    def _enqueue(self, item: Item) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((Command(args, options), future))
+        self._queue.append((item, future))
         if len(self._queue) >= self._max_batch:
             self._flush()
         elif not self._flush_scheduled:
@@ -69,6 +64,27 @@ class Coalescer:
         task = asyncio.create_task(self._send(batch))
         self._in_flight.add(task)  # keep a reference until it is done
         task.add_done_callback(self._in_flight.discard)
+
+    async def _send(self, batch: list[tuple[Item, asyncio.Future[Any]]]) -> None:
+        raise NotImplementedError
+
+
+class Coalescer(Batcher[Command]):
+    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH) -> None:
+        super().__init__(max_batch)
+        self._redis = redis
+
+    async def execute(self, *args: Any, **options: Any) -> Any:
+        """Runs one command in the next batch and returns its reply (or raises its error).
+
+        `options` reach redis-py's reply parsing, as its own command methods pass
+        them (e.g. `get=True` for SET ... GET)."""
+        return await self.submit(*args, **options)
+
+    def submit(self, *args: Any, **options: Any) -> asyncio.Future[Any]:
+        """Queues a command now. Commands of one batch run in the order queued;
+        separate batches may run on separate connections, in any order."""
+        return self._enqueue(Command(args, options))
 
     async def _send(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
         try:

@@ -35,6 +35,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from couponsvc.coalesce import Batcher
+
 MAX_BATCH = 512
 
 
@@ -127,43 +129,24 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
-class RespPipeline:
+class RespPipeline(Batcher[bytes]):
     """`submit`/`execute` like `Coalescer`, over one auto-pipelined connection."""
 
     def __init__(self, url: str, timeout: float = 2.0, max_batch: int = MAX_BATCH) -> None:
+        super().__init__(max_batch)
         self._url = url
         self._options: dict[str, Any] = dict(parse_url(url))
         self._timeout = timeout
-        self._max_batch = max_batch
         self._connection: _Connection | None = None
         self._connecting = asyncio.Lock()
-        self._queue: list[tuple[bytes, asyncio.Future[Any]]] = []
-        self._flush_scheduled = False
-        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def execute(self, *args: Any, **_options: Any) -> Any:
         """Runs one command in the next batch; replies are raw (no redis-py parsing)."""
         return await self.submit(*args)
 
     def submit(self, *args: Any, **_options: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((encode(args), future))
-        if len(self._queue) >= self._max_batch:
-            self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return future
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if not self._queue:
-            return
-        batch, self._queue = self._queue, []
-        task = asyncio.create_task(self._send(batch))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        """Queues a command now; one connection runs them in the order queued."""
+        return self._enqueue(encode(args))
 
     async def _send(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         futures = [future for _, future in batch]
