@@ -17,6 +17,7 @@ from starlette.routing import Route
 from couponsvc import db, openapi
 from couponsvc.auth import TokenVerifier
 from couponsvc.books import Books
+from couponsvc.coalesce import Coalescer, CommandPipe, Replicas
 from couponsvc.coupons import Coupons
 from couponsvc.errors import exception_handlers
 from couponsvc.metrics import ApiMetrics, TimingMiddleware
@@ -76,8 +77,11 @@ def create_app(settings: Settings) -> Starlette:
             # The RESP client speaks to one node; a cluster uses redis-py pipelines,
             # which route each command to its slot's node.
             resp = settings.hot_path_client == "resp" and not settings.redis_cluster
-            pipe = RespPipeline(settings.redis_url, settings.redis_timeout_seconds) \
-                if resp else None
+            replicas = Replicas(settings.redis_wait_replicas, settings.redis_wait_timeout_ms) \
+                if settings.redis_wait_replicas else None
+            pipe: CommandPipe = RespPipeline(settings.redis_url, settings.redis_timeout_seconds,
+                                             replicas=replicas) if resp \
+                else Coalescer(redis, replicas=replicas)
             scripts = Scripts(redis, pipe)
             try:
                 await scripts.load()
@@ -99,7 +103,7 @@ def create_app(settings: Settings) -> Starlette:
                 metrics=metrics,
             )}
         finally:
-            if pipe is not None:
+            if isinstance(pipe, RespPipeline):
                 await pipe.aclose()
             await redis.aclose()
             if pool is not None:

@@ -11,22 +11,76 @@ handling, timeouts and the cluster client's slot routing stay redis-py's.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class CommandPipe(Protocol):
-    """What the hot path needs of a Redis client: queue a command, get its reply."""
+    """What the hot path needs of a Redis client: queue a command, get its reply.
 
-    def submit(self, *args: Any, **options: Any) -> asyncio.Future[Any]: ...
+    `durable=True` marks a command that changes state: with `Replicas`
+    configured, its reply is handed over only once replicas confirmed it.
+    """
 
-    async def execute(self, *args: Any, **options: Any) -> Any: ...
+    def submit(self, *args: Any, durable: bool = False, **options: Any) -> asyncio.Future[Any]:
+        ...
+
+    async def execute(self, *args: Any, durable: bool = False, **options: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """`WAIT count timeout_ms` after each batch's changes, on the connection
+    (the node) that made them: one wait covers a whole batch (group commit).
+
+    Redis replicates asynchronously, so a primary that dies a moment after
+    answering can take a change with it while its replica takes over. Waiting
+    until the replica has it closes that window (COUPONSVC_REDIS_WAIT_REPLICAS).
+    """
+
+    count: int
+    timeout_ms: int
+
+    def commands(self, known_replicas: int | None) -> list[tuple[Any, ...]]:
+        """Sent together after a batch's changes: WAIT, then ROLE to learn how
+        many replicas the node has now. A node known to have fewer replicas than
+        `count` (a promoted replica whose peer died) is waited on for those it
+        has, so it does not stall every write for the timeout."""
+        wanted = self.count if known_replicas is None else min(self.count, known_replicas)
+        return [("WAIT", wanted, self.timeout_ms), ("ROLE",)]
+
+    @staticmethod
+    def connected(role: object) -> int | None:
+        """How many replicas a ROLE reply lists (None when it is no primary's)."""
+        if isinstance(role, list) and len(role) > 2 and isinstance(role[2], list):
+            return len(role[2])
+        return None
+
+    def confirmed(self, acks: object, role: object) -> bool:
+        """Enough replicas have the change: `count`, or every replica the node
+        still has (with none left there is nothing to wait for)."""
+        connected = self.connected(role)
+        return isinstance(acks, int) and connected is not None \
+            and acks >= min(self.count, connected)
+
+
+class ReplicationLagging(RedisTimeoutError):
+    """A change reached the primary but not enough replicas in time: the caller
+    gets 503 and retries (safely, with an Idempotency-Key)."""
 
 
 class Command(NamedTuple):
     args: tuple[Any, ...]
     options: dict[str, Any]
+    durable: bool = False
+
+
+def first_key(args: tuple[Any, ...]) -> Any:
+    """The key a command is routed by: EVALSHA's first KEYS entry, else args[1]."""
+    return args[3] if str(args[0]).upper() in ("EVALSHA", "EVAL") else args[1]
 
 
 Item = TypeVar("Item")
@@ -70,27 +124,49 @@ class Batcher(Generic[Item]):
 
 
 class Coalescer(Batcher[Command]):
-    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH,
+                 replicas: Replicas | None = None) -> None:
         super().__init__(max_batch)
         self._redis = redis
+        self._replicas = replicas
+        self._cluster = isinstance(redis, RedisCluster)
+        self._known_replicas: dict[str | None, int] = {}  # by node, from ROLE
 
-    async def execute(self, *args: Any, **options: Any) -> Any:
+    async def execute(self, *args: Any, durable: bool = False, **options: Any) -> Any:
         """Runs one command in the next batch and returns its reply (or raises its error).
 
         `options` reach redis-py's reply parsing, as its own command methods pass
         them (e.g. `get=True` for SET ... GET)."""
-        return await self.submit(*args, **options)
+        return await self.submit(*args, durable=durable, **options)
 
-    def submit(self, *args: Any, **options: Any) -> asyncio.Future[Any]:
+    def submit(self, *args: Any, durable: bool = False, **options: Any) -> asyncio.Future[Any]:
         """Queues a command now. Commands of one batch run in the order queued;
         separate batches may run on separate connections, in any order."""
-        return self._enqueue(Command(args, options))
+        return self._enqueue(Command(args, options, durable))
+
+    def _node_of(self, command: Command) -> str | None:
+        if not self._cluster:
+            return None  # one server: the pipeline's one connection
+        node = cast(Any, self._redis).get_node_from_key(first_key(command.args))
+        return str(node.name)
 
     async def _send(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+        replicas = self._replicas
+        durable_nodes: dict[str | None, None] = {}  # insertion-ordered set
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for command, _ in batch:
                     pipe.execute_command(*command.args, **command.options)
+                    if replicas is not None and command.durable:
+                        durable_nodes[self._node_of(command)] = None
+                for node_name in durable_nodes:
+                    # The pipeline sends a node's commands on one connection, in
+                    # order: this WAIT covers every change of the batch there.
+                    target = {} if node_name is None else {
+                        "target_nodes": cast(Any, self._redis).get_node(node_name=node_name)}
+                    assert replicas is not None
+                    for extra in replicas.commands(self._known_replicas.get(node_name)):
+                        pipe.execute_command(*extra, **target)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # the whole batch failed: every caller sees why
             for _, future in batch:
@@ -99,10 +175,22 @@ class Coalescer(Batcher[Command]):
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, future), reply in zip(batch, replies, strict=True):
+        extras = replies[len(batch):]
+        confirmed: dict[str | None, bool] = {}
+        for i, node in enumerate(durable_nodes):
+            assert self._replicas is not None
+            acks, role = extras[2 * i], extras[2 * i + 1]
+            confirmed[node] = self._replicas.confirmed(acks, role)
+            if (count := Replicas.connected(role)) is not None:
+                self._known_replicas[node] = count
+        for (command, future), reply in zip(batch, replies[:len(batch)], strict=True):
             if future.done():  # the caller was cancelled meanwhile
                 continue
             if isinstance(reply, Exception):
                 future.set_exception(reply)
+            elif command.durable and self._replicas is not None \
+                    and not confirmed[self._node_of(command)]:
+                future.set_exception(ReplicationLagging(
+                    "the change was not confirmed by enough replicas in time"))
             else:
                 future.set_result(reply)

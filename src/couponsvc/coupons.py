@@ -57,7 +57,7 @@ class Coupons:
         ttl_ms = self.store.settings.idempotency_ttl_seconds * 1000
         bound = await self.store.scripts.coalescer.execute(
             "SET", self.store.keys.idempotency_claim(idem.caller, idem.key), idem.fingerprint,
-            "NX", "PX", ttl_ms, "GET", get=True)
+            "NX", "PX", ttl_ms, "GET", get=True, durable=True)
         if bound is not None and bound != idem.fingerprint:
             raise errors.IdempotencyKeyReused(
                 "this Idempotency-Key was already used with a different request")
@@ -69,19 +69,25 @@ class Coupons:
         ttl_ms = self.store.settings.idempotency_ttl_seconds * 1000
         return [book.keys.idempotency(idem.caller, idem.key)], [idem.fingerprint, str(ttl_ms)]
 
-    def _note_user_book(self, user_id: str, book: Slot) -> asyncio.Future[Any]:
-        # Queued before the assignment script (same batch, sent first) so the
-        # user's index of books is a superset of where they hold codes; lists
-        # then need no KEYS/SCAN. Await it after the script.
-        return self.store.scripts.coalescer.submit(
-            "SADD", self.store.keys.user_books(user_id), book.number)
+    async def _note_user_book(self, user_id: str, book: Slot) -> asyncio.Future[Any]:
+        """Writes the user's index of books before the assignment, so that it is
+        always a superset of where they hold codes (lists need no KEYS/SCAN).
+
+        On one Redis the write shares the script's batch and connection, which
+        runs it first: the caller awaits it after the script. On a cluster it
+        lives on another node, so it must be done before the script starts."""
+        noted = self.store.scripts.coalescer.submit(
+            "SADD", self.store.keys.user_books(user_id), book.number, durable=True)
+        if self.store.settings.redis_cluster:
+            await noted
+        return noted
 
     async def assign_random(self, principal: Principal, book_id: str, user_id: str,
                             idem: Idempotency | None) -> Outcome:
         principal.require_user(user_id)
         book = await self.store.book(book_id)
         await self._bind_key(idem)
-        noted = self._note_user_book(user_id, book)
+        noted = await self._note_user_book(user_id, book)
         k = book.keys
         idem_keys, idem_args = self._idem_args(book, idem)
         reply = await _after(noted, self.store.run(
@@ -97,7 +103,7 @@ class Coupons:
         principal.require_user(user_id)
         book = await self.store.book_of_code(code)
         await self._bind_key(idem)
-        noted = self._note_user_book(user_id, book)
+        noted = await self._note_user_book(user_id, book)
         k = book.keys
         idem_keys, idem_args = self._idem_args(book, idem)
         reply = await _after(noted, self.store.run(

@@ -13,7 +13,13 @@ from typing import Any, ClassVar
 
 import asyncpg
 import msgspec
-from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
@@ -215,10 +221,13 @@ def exception_handlers() -> dict[Any, ExceptionHandler]:
         HTTPException: _http_error,
         RedisConnectionError: _redis_down,
         RedisTimeoutError: _redis_down,
-        # A cluster in the middle of a failover: slots without a primary for a moment.
+        # A cluster in the middle of a failover: slots without a primary, moved
+        # or answered by a node that just became a replica, for a moment.
         RedisClusterException: _redis_down,
         ClusterDownError: _redis_down,
         TryAgainError: _redis_down,
+        AskError: _redis_down,  # MovedError too (a subclass)
+        ReadOnlyError: _redis_down,
         asyncpg.PostgresConnectionError: _postgres_down,
         asyncpg.InterfaceError: _postgres_down,
         asyncpg.exceptions.OperatorInterventionError: _postgres_down,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import hiredis
@@ -35,7 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from couponsvc.coalesce import Batcher
+from couponsvc.coalesce import Batcher, Replicas, ReplicationLagging
 
 MAX_BATCH = 512
 
@@ -47,6 +47,10 @@ def encode(args: tuple[Any, ...]) -> bytes:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+def _answered(future: asyncio.Future[Any]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _error(message: str) -> RedisError:
@@ -129,37 +133,78 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
-class RespPipeline(Batcher[bytes]):
+class RespPipeline(Batcher[tuple[bytes, bool]]):
     """`submit`/`execute` like `Coalescer`, over one auto-pipelined connection."""
 
-    def __init__(self, url: str, timeout: float = 2.0, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, url: str, timeout: float = 2.0, max_batch: int = MAX_BATCH,
+                 replicas: Replicas | None = None) -> None:
         super().__init__(max_batch)
+        self._replicas = replicas
+        self._known_replicas: int | None = None  # from the last ROLE reply
         self._url = url
         self._options: dict[str, Any] = dict(parse_url(url))
         self._timeout = timeout
         self._connection: _Connection | None = None
         self._connecting = asyncio.Lock()
 
-    async def execute(self, *args: Any, **_options: Any) -> Any:
+    async def execute(self, *args: Any, durable: bool = False, **_options: Any) -> Any:
         """Runs one command in the next batch; replies are raw (no redis-py parsing)."""
-        return await self.submit(*args)
+        return await self.submit(*args, durable=durable)
 
-    def submit(self, *args: Any, **_options: Any) -> asyncio.Future[Any]:
+    def submit(self, *args: Any, durable: bool = False, **_options: Any) -> asyncio.Future[Any]:
         """Queues a command now; one connection runs them in the order queued."""
-        return self._enqueue(encode(args))
+        return self._enqueue((encode(args), durable and self._replicas is not None))
 
-    async def _send(self, batch: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
-        futures = [future for _, future in batch]
+    async def _send(self, batch: list[tuple[tuple[bytes, bool], asyncio.Future[Any]]]) -> None:
         try:
             connection = await self._connected()
         except (OSError, TimeoutError, RedisError) as exc:
             error = exc if isinstance(exc, RedisError) \
                 else RedisConnectionError(f"cannot connect to Redis: {exc!r}")
-            for future in futures:
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
-        connection.send(b"".join(payload for payload, _ in batch), futures)
+        loop = asyncio.get_running_loop()
+        payloads = [payload for (payload, _), _ in batch]
+        receivers: list[asyncio.Future[Any]] = []
+        held: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]] = []
+        for (_, durable), future in batch:
+            if durable:  # its reply waits for the replicas' confirmation
+                inner: asyncio.Future[Any] = loop.create_future()
+                held.append((inner, future))
+                receivers.append(inner)
+            else:
+                receivers.append(future)
+        if held and self._replicas is not None:
+            replicas = self._replicas
+            acks: asyncio.Future[Any] = loop.create_future()
+            role: asyncio.Future[Any] = loop.create_future()
+            role.add_done_callback(lambda _: self._settle(acks, role, held, replicas))
+            payloads += [encode(c) for c in replicas.commands(self._known_replicas)]
+            receivers += [acks, role]
+        connection.send(b"".join(payloads), receivers)
+
+    def _settle(self, acks: asyncio.Future[Any], role: asyncio.Future[Any],
+                held: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]],
+                replicas: Replicas) -> None:
+        """Hands the held replies over once WAIT and ROLE have answered (after them)."""
+        answered = [_answered(acks), _answered(role)]  # both read: no unretrieved errors
+        confirmed = all(answered) and replicas.confirmed(acks.result(), role.result())
+        if answered[1] and (count := Replicas.connected(role.result())) is not None:
+            self._known_replicas = count
+        for inner, outer in held:
+            if outer.done():
+                continue
+            if not inner.done() or inner.cancelled():
+                outer.set_exception(RedisConnectionError("connection to Redis lost"))
+            elif inner.exception() is not None:
+                outer.set_exception(cast(BaseException, inner.exception()))
+            elif not confirmed:
+                outer.set_exception(ReplicationLagging(
+                    "the change was not confirmed by enough replicas in time"))
+            else:
+                outer.set_result(inner.result())
 
     async def _connected(self) -> _Connection:
         connection = self._connection

@@ -23,6 +23,9 @@ from couponsvc.coalesce import Coalescer, CommandPipe
 from couponsvc.types import ScriptReply
 
 PRELUDE = "_prelude"
+# Scripts that may change state (see Replicas in coalesce.py).
+MUTATING = frozenset({"create_book", "claim_codes", "add_codes", "assign_random", "assign_code",
+                      "lock", "unlock", "redeem"})
 NAMES = (
     "create_book",
     "claim_codes",
@@ -75,12 +78,14 @@ class Scripts:
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> ScriptReply:
         script = self._scripts[name]
+        durable = name in MUTATING
         try:
             reply: ScriptReply = await self.coalescer.execute(
-                "EVALSHA", script.sha, len(keys), *keys, *args)
+                "EVALSHA", script.sha, len(keys), *keys, *args, durable=durable)
         except NoScriptError:
             script.sha = await self._redis.script_load(script.script)
-            reply = await self.coalescer.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = await self.coalescer.execute(
+                "EVALSHA", script.sha, len(keys), *keys, *args, durable=durable)
         return reply
 
     async def run_many(

@@ -35,6 +35,9 @@ class Settings:
     max_upload_codes: int = 1_000_000
     idempotency_ttl_seconds: int = 24 * 3600
     redis_timeout_seconds: float = 2.0
+    # Replicas that must confirm each change before it is acknowledged (0: none).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 500
     # "resp": the small auto-pipelining client (resp.py); "redis-py": redis-py
     # pipelines (coalesce.py), e.g. to compare them in a benchmark.
     hot_path_client: str = "resp"
@@ -68,6 +71,10 @@ class Settings:
             jwt_issuer=get("JWT_ISSUER") or None,
             key_prefix=get("KEY_PREFIX", defaults.key_prefix),
             hot_path_client=get("HOT_PATH_CLIENT", defaults.hot_path_client),
+            redis_wait_replicas=_int(get("REDIS_WAIT_REPLICAS", "0"),
+                                     "COUPONSVC_REDIS_WAIT_REPLICAS"),
+            redis_wait_timeout_ms=_int(get("REDIS_WAIT_TIMEOUT_MS", "500"),
+                                       "COUPONSVC_REDIS_WAIT_TIMEOUT_MS"),
             max_body_bytes=_int(get("MAX_BODY_BYTES", str(defaults.max_body_bytes)),
                                 "COUPONSVC_MAX_BODY_BYTES"),
             max_upload_codes=_int(get("MAX_UPLOAD_CODES", str(defaults.max_upload_codes)),

@@ -4,6 +4,9 @@ against a real redis-server."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +15,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
-from couponsvc.coalesce import Coalescer, CommandPipe
+from couponsvc.coalesce import Coalescer, CommandPipe, Replicas, ReplicationLagging
 from couponsvc.resp import RespPipeline
 
-from .support import RedisServer
+from .support import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -140,3 +143,73 @@ async def test_one_connection_runs_commands_in_the_order_queued(server: RedisSer
 async def test_a_script_missing_on_the_server_is_a_noscript_error(pipe: CommandPipe) -> None:
     with pytest.raises(NoScriptError):
         await pipe.execute("EVALSHA", "0" * 40, 0)
+
+
+@pytest.fixture
+def replica(server: RedisServer, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A replica of `server`, connected and in sync, stopped by its own PID."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--replicaof", "127.0.0.1",
+         str(server.port), "--repl-diskless-load", "disabled"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while b"master_link_status:up" not in subprocess.run(
+            ["redis-cli", "-p", str(port), "INFO", "replication"], capture_output=True).stdout:
+        assert time.monotonic() < deadline, "the replica did not sync"
+        time.sleep(0.05)
+    yield process
+    process.send_signal(signal.SIGCONT)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _pipe(kind: str, server: RedisServer, client: Redis, replicas: Replicas) -> CommandPipe:
+    if kind == "redis-py":
+        return Coalescer(client, replicas=replicas)
+    return RespPipeline(server.url, timeout=2, replicas=replicas)
+
+
+async def _close(pipe: CommandPipe) -> None:
+    if isinstance(pipe, RespPipeline):
+        await pipe.aclose()
+
+
+@pytest.mark.parametrize("kind", ["redis-py", "resp"])
+async def test_a_change_waits_for_the_replica(
+    kind: str, server: RedisServer, client: Redis, replica: subprocess.Popen[bytes]
+) -> None:
+    pipe = _pipe(kind, server, client, Replicas(count=1, timeout_ms=2000))
+
+    assert await pipe.execute("INCR", "d", durable=True) == 1
+    await _close(pipe)
+
+
+@pytest.mark.parametrize("kind", ["redis-py", "resp"])
+async def test_a_change_the_replica_does_not_confirm_is_not_acknowledged(
+    kind: str, server: RedisServer, client: Redis, replica: subprocess.Popen[bytes]
+) -> None:
+    pipe = _pipe(kind, server, client, Replicas(count=1, timeout_ms=100))
+    replica.send_signal(signal.SIGSTOP)  # connected, but silent: WAIT times out
+
+    durable, plain = await asyncio.gather(pipe.execute("INCR", "d", durable=True),
+                                          pipe.execute("INCR", "p"), return_exceptions=True)
+    await _close(pipe)
+
+    assert isinstance(durable, ReplicationLagging)
+    assert plain == 1
+    assert await client.get("d") == "1"  # the change did happen on the primary
+
+
+@pytest.mark.parametrize("kind", ["redis-py", "resp"])
+async def test_a_primary_without_replicas_still_acknowledges(
+    kind: str, server: RedisServer, client: Redis
+) -> None:
+    # Nothing to wait for (a promoted replica whose old primary is gone): the
+    # first change learns that from ROLE, later ones wait for no replica.
+    pipe = _pipe(kind, server, client, Replicas(count=1, timeout_ms=300))
+
+    assert await pipe.execute("INCR", "d", durable=True) == 1
+    assert await pipe.execute("INCR", "d", durable=True) == 2
+    await _close(pipe)
