@@ -64,6 +64,9 @@ def deploy() -> None:
         # Production mode everywhere: a real secret and a database are required.
         "COUPONSVC_ENV": "prod",
         "COUPONSVC_REDIS_CLUSTER": "true" if redis.cluster else "false",
+        # A cluster has a replica per primary: acknowledge a change only once it
+        # has it, or a failover can lose acknowledged changes (docs/scaling.md).
+        "COUPONSVC_REDIS_WAIT_REPLICAS": "1" if redis.cluster else "0",
         "COUPONSVC_KEY_PREFIX": stack.key_prefix,
     }
     for variable, value in (("COUPONSVC_JWT_AUDIENCE", stack.jwt_audience),

@@ -170,6 +170,9 @@ def test_redis_cluster_mode_is_switched_on_where_redis_is_a_cluster(each_stack: 
     assert redis["cluster"] is True
     env = env_of(container(each_stack.one("Deployment", "couponsvc-writer"), "writer"))
     assert env["COUPONSVC_REDIS_CLUSTER"] == "true"
+    api = env_of(container(each_stack.one("Deployment", "couponsvc-api"), "api"))
+    assert api["COUPONSVC_REDIS_CLUSTER"] == "true"
+    assert api["COUPONSVC_REDIS_WAIT_REPLICAS"] == "1"  # changes reach the replica first
     for statefulset in each_stack.of_kind("StatefulSet"):
         if statefulset.name == "redis":
             args = container(statefulset, "redis")["args"]
