@@ -11,11 +11,16 @@ handling, timeouts and the cluster client's slot routing stay redis-py's.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast
 
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("couponsvc")
 
 
 class CommandPipe(Protocol):
@@ -169,9 +174,16 @@ class Coalescer(Batcher[Command]):
                         pipe.execute_command(*extra, **target)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # the whole batch failed: every caller sees why
+            error: BaseException = exc
+            if isinstance(exc, Exception) and not isinstance(exc, RedisError):
+                # redis-py can trip over its own connection state while a cluster
+                # fails over (seen: AttributeError in on_connect). The batch's
+                # outcome is then as unknown as after a dropped connection.
+                log.warning("redis client failed mid-batch", exc_info=exc)
+                error = RedisConnectionError(f"Redis client failed mid-batch: {exc!r}")
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(error)
             if not isinstance(exc, Exception):
                 raise
             return
