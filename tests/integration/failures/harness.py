@@ -32,6 +32,7 @@ from ..support import (
     RedisServer,
     redis_ping,
 )
+from .load import Tally
 
 # A writer presumed dead once its entries sit unacknowledged this long.
 CLAIM_IDLE_MS = "500"
@@ -228,3 +229,25 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: s
     while not await check():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         await asyncio.sleep(interval)
+
+
+async def assert_acknowledged_in_postgres(
+        stack: Durable, writer: subprocess.Popen[bytes], redis: Redis,
+        conn: asyncpg.Connection, stream: str, book_id: str, tally: Tally,
+        catch_up_seconds: float) -> None:
+    """The running writer catches up by itself, then after a drain every
+    assignment and redemption the API acknowledged (`tally`) is in Postgres."""
+    async def caught_up() -> bool:
+        return await unacknowledged(redis, stream) == 0 or writer.poll() is not None
+    await wait_for(caught_up, catch_up_seconds, "the writer to catch up", interval=0.25)
+    assert writer.poll() is None, f"the writer exited:\n{stack.writer_log(writer)[-1500:]}"
+    await stack.drain()
+
+    rows = {r["code"]: r for r in await conn.fetch(
+        "SELECT code, owner, times_redeemed FROM codes WHERE book_id = $1", book_id)}
+    lost = [code for code, user in tally.assigned.items()
+            if code not in rows or rows[code]["owner"] != user]
+    assert lost == [], f"{len(lost)} acknowledged assignments missing from Postgres"
+    unredeemed = [code for code, times in tally.redeemed.items()
+                  if rows[code]["times_redeemed"] != times]
+    assert unredeemed == [], f"{len(unredeemed)} acknowledged redemptions missing"

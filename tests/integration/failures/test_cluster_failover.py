@@ -23,7 +23,14 @@ from redis.asyncio import RedisCluster as ClusterClient
 from support.cluster import RedisCluster
 
 from ..support import Api, ApiServer, new_code, new_user
-from .harness import Durable, differences, duplicate_events, stream_of, unacknowledged, wait_for
+from .harness import (
+    Durable,
+    assert_acknowledged_in_postgres,
+    differences,
+    duplicate_events,
+    stream_of,
+    wait_for,
+)
 from .load import Tally, flows_reached, run_load
 
 pytestmark = pytest.mark.integration
@@ -102,20 +109,8 @@ async def test_a_primary_killed_under_load_fails_over_without_losing_anything(
     assert not [s for s in tally.statuses if s.startswith("error")], tally.statuses
     assert {int(s.split()[1]) for s in tally.statuses} <= EXPECTED, tally.statuses
 
-    async def caught_up() -> bool:
-        return await unacknowledged(redis, stream) == 0 or writer.poll() is not None
-    await wait_for(caught_up, CATCH_UP_SECONDS, "the writer to catch up", interval=0.25)
-    assert writer.poll() is None, f"the writer exited:\n{stack.writer_log(writer)[-1500:]}"
-    await stack.drain()
-
-    rows = {r["code"]: r for r in await conn.fetch(
-        "SELECT code, owner, times_redeemed FROM codes WHERE book_id = $1", book["id"])}
-    lost = [code for code, user in tally.assigned.items()
-            if code not in rows or rows[code]["owner"] != user]
-    assert lost == [], f"{len(lost)} acknowledged assignments missing from Postgres"
-    unredeemed = [code for code, times in tally.redeemed.items()
-                  if rows[code]["times_redeemed"] != times]
-    assert unredeemed == [], f"{len(unredeemed)} acknowledged redemptions missing"
+    await assert_acknowledged_in_postgres(stack, writer, redis, conn, stream, book["id"], tally,
+                                          CATCH_UP_SECONDS)
     assert await differences(redis, conn, book["id"]) == []
     assert await duplicate_events(conn) == 0
     await stack.verify()

@@ -17,10 +17,10 @@ from ..support import Api, RedisServer, assert_problem, new_code, new_user
 from .harness import (
     AofRedis,
     Durable,
+    assert_acknowledged_in_postgres,
     differences,
     duplicate_events,
     stream_of,
-    unacknowledged,
     wait_for,
 )
 from .load import Tally, flows_reached, run_load
@@ -94,20 +94,8 @@ async def test_acknowledged_changes_survive_a_redis_crash(
     assert not [s for s in tally.statuses if s.startswith("error")], tally.statuses
     assert {int(s.split()[1]) for s in tally.statuses} <= EXPECTED, tally.statuses
 
-    async def caught_up() -> bool:
-        return await unacknowledged(redis, stream) == 0 or writer.poll() is not None
-    await wait_for(caught_up, CATCH_UP_SECONDS, "the writer to catch up", interval=0.25)
-    assert writer.poll() is None, f"the writer exited:\n{stack.writer_log(writer)[-1500:]}"
-    await stack.drain()
-
-    rows = {r["code"]: r for r in await conn.fetch(
-        "SELECT code, owner, times_redeemed FROM codes WHERE book_id = $1", book["id"])}
-    lost = [code for code, user in tally.assigned.items()
-            if code not in rows or rows[code]["owner"] != user]
-    assert lost == [], f"{len(lost)} acknowledged assignments missing from Postgres"
-    unredeemed = [code for code, times in tally.redeemed.items()
-                  if rows[code]["times_redeemed"] != times]
-    assert unredeemed == [], f"{len(unredeemed)} acknowledged redemptions missing"
+    await assert_acknowledged_in_postgres(stack, writer, redis, conn, stream, book["id"], tally,
+                                          CATCH_UP_SECONDS)
     locked = {r["code"] for r in await conn.fetch(
         "SELECT DISTINCT code FROM events WHERE book_id = $1 AND type = 'locked'", book["id"])}
     assert tally.locked <= locked, f"{len(tally.locked - locked)} acknowledged locks missing"
