@@ -15,7 +15,6 @@ import socket
 import subprocess
 import time
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,9 +39,8 @@ from couponsvc.store import Store
 from couponsvc.verify import Difference, collect
 from couponsvc.writer import Writer, WriterConfig
 from support.cluster import RedisCluster
-from support.postgres import Postgres, remove, start_postgres
+from support.postgres import Postgres, clone_database, remove, start_migrated
 
-TEMPLATE = "couponsvc_template"
 OPS = Principal("ops", frozenset({ADMIN, WRITE}))
 # Microseconds that Postgres keeps and Redis's milliseconds drop: rebuild and
 # verify must compare at Redis's precision.
@@ -56,33 +54,11 @@ def free_port() -> int:
         return port
 
 
-def database_url(server: Postgres, name: str) -> str:
-    return server.url.rsplit("/", 1)[0] + f"/{name}"
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """One cluster for the session, with a migrated template database."""
-    with warnings.catch_warnings():
-        # support/postgres.py drops its log file object unclosed once the
-        # server has it (a ResourceWarning, an error under this suite's filters).
-        warnings.simplefilter("ignore", ResourceWarning)
-        server = start_postgres()
-
-    async def make_template() -> None:
-        admin = await asyncpg.connect(server.url)
-        try:
-            await admin.execute(f"CREATE DATABASE {TEMPLATE}")
-        finally:
-            await admin.close()
-        conn = await asyncpg.connect(database_url(server, TEMPLATE))
-        try:
-            await db.migrate(conn)
-        finally:
-            await conn.close()
-
+    server = start_migrated()
     try:
-        asyncio.run(make_template())
         yield server
     finally:
         remove(server)
@@ -91,13 +67,7 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture
 async def pg_url(postgres: Postgres) -> str:
     """A fresh, migrated database for this test (a copy of the template)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres.url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    finally:
-        await admin.close()
-    return database_url(postgres, name)
+    return await clone_database(postgres)
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from support.postgres import Postgres, remove
+from support.postgres import Postgres, clone_database, remove, start_migrated
 
 from ..support import Api, ApiServer, RedisServer, http_client
-from .clusters import new_cluster, new_database
 from .harness import Durable
 
 # A request slower than this counts as hanging: the client gives up.
@@ -30,7 +29,7 @@ LOG_TAIL_CHARS = 8000
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    server = new_cluster()
+    server = start_migrated()
     try:
         yield server
     finally:
@@ -40,7 +39,7 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture
 async def pg_url(postgres: Postgres) -> str:
     """A fresh, migrated database for this test alone."""
-    return await new_database(postgres)
+    return await clone_database(postgres)
 
 
 @pytest.fixture

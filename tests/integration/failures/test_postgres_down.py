@@ -12,10 +12,9 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from support.postgres import Postgres, remove
+from support.postgres import Postgres, clone_database, remove, start_migrated
 
 from ..support import Api, assert_problem, new_code
-from .clusters import new_cluster, new_database
 from .harness import (
     Durable,
     differences,
@@ -42,7 +41,7 @@ RESTART_ATTEMPTS = 20
 @pytest.fixture
 def own_postgres() -> Iterator[Postgres]:
     """A cluster of this test's own: it is killed and restarted."""
-    server = new_cluster()
+    server = start_migrated()
     try:
         yield server
     finally:
@@ -54,7 +53,7 @@ async def pg_url(own_postgres: Postgres) -> str:
     """A database on the cluster to kill. The test clusters run with
     synchronous_commit=off for speed, which by design forgets the last commits
     when the server crashes; this database commits as production does."""
-    url = await new_database(own_postgres)
+    url = await clone_database(own_postgres)
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
