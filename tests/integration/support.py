@@ -91,7 +91,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+             *self.persistence(), "--dir", str(self.directory),
              "--logfile", str(self.log_path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -103,6 +103,9 @@ class RedisServer:
                 raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
             time.sleep(0.02)
         return self
+
+    def persistence(self) -> list[str]:
+        return ["--save", "", "--appendonly", "no"]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:

@@ -27,10 +27,8 @@ from support.cluster import RedisCluster
 
 from ..support import (
     PROJECT_ROOT,
-    START_TIMEOUT_SECONDS,
     ApiServer,
     RedisServer,
-    redis_ping,
 )
 from .load import Tally
 
@@ -59,22 +57,8 @@ class AofRedis(RedisServer):
     """A redis-server persisting to an append-only file, as production runs it:
     restarted on the same port and folder, it replays what it acknowledged."""
 
-    def start(self) -> AofRedis:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-             "--dir", str(self.directory), "--logfile", str(self.log_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not redis_ping(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log = self.log_path.read_text() if self.log_path.exists() else ""
-                self.stop()
-                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
-            time.sleep(0.02)
-        return self
+    def persistence(self) -> list[str]:
+        return ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
 
 
 @dataclass
