@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,17 +37,12 @@ from couponsvc.writer import Writer, WriterConfig
 from support.cluster import RedisCluster
 from support.postgres import Postgres, clone_database, remove, start_migrated
 
+from ..support import RedisServer
+
 OPS = Principal("ops", frozenset({ADMIN, WRITE}))
 # Microseconds that Postgres keeps and Redis's milliseconds drop: rebuild and
 # verify must compare at Redis's precision.
 VALID_FROM = datetime(2025, 1, 1, 0, 0, 0, 1500, tzinfo=UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
@@ -73,35 +64,11 @@ async def pg_url(postgres: Postgres) -> str:
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A redis-server of this test's own."""
-    port = free_port()
-    process = subprocess.Popen(
-        ["/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    server = RedisServer(tmp_path).start()
     try:
-        deadline = time.monotonic() + 10
-        while not _answers(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {port} did not start")
-            time.sleep(0.01)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+        server.stop()
 
 
 @dataclass
