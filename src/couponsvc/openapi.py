@@ -22,6 +22,7 @@ ERROR_DESCRIPTIONS = {
     413: "Request body too large",
     415: "The body is not JSON",
     423: "The code is locked, or has no redemptions left",
+    429: "Too many assigns or failed code look-ups; retry after the Retry-After delay",
     503: "Storage unavailable; retry after the Retry-After delay",
 }
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"},
@@ -83,7 +84,7 @@ def _operation(op: Operation, schema_of: dict[int, Any]) -> dict[str, Any]:
     problem = {PROBLEM_MEDIA_TYPE: {"schema": schema_of[id(Problem)]}}
     for status in op.errors:
         responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status], "content": problem}
-        if status in (423, 503):
+        if status in (423, 429, 503):
             responses[str(status)]["headers"] = _RETRY_AFTER
     document: dict[str, Any] = {
         "operationId": op.operation_id,

@@ -219,6 +219,8 @@ class Operation:
 
 
 _WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 415, 503)
+# Assigns and code look-ups are also rate limited (ratelimit.py).
+_LIMITED_ERRORS = (*_WRITE_ERRORS, 429)
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/coupons", create_book, "createCouponBook", "Create a coupon book",
@@ -234,19 +236,19 @@ OPERATIONS: tuple[Operation, ...] = (
               text_body="One code per line; the book in the couponBookId query parameter"),
     Operation("POST", "/coupons/assign", assign_random, "assignRandomCoupon",
               "Assign a random free code of a book to a user", "coupons", schemas.AssignRandom,
-              {200: ("The assigned code", schemas.Coupon)}, _WRITE_ERRORS, idempotent=True),
+              {200: ("The assigned code", schemas.Coupon)}, _LIMITED_ERRORS, idempotent=True),
     Operation("POST", "/coupons/assign/{code}", assign_code, "assignSpecificCoupon",
               "Assign a named code to a user", "coupons", schemas.AssignCode,
-              {200: ("The assigned code", schemas.Coupon)}, _WRITE_ERRORS, idempotent=True),
+              {200: ("The assigned code", schemas.Coupon)}, _LIMITED_ERRORS, idempotent=True),
     Operation("POST", "/coupons/lock/{code}", lock_code, "lockCoupon",
               "Lock a code for a while, for its owner's checkout", "coupons", schemas.Lock,
-              {200: ("The lock", schemas.LockResult)}, (*_WRITE_ERRORS, 423)),
+              {200: ("The lock", schemas.LockResult)}, (*_LIMITED_ERRORS, 423)),
     Operation("POST", "/coupons/unlock/{code}", unlock_code, "unlockCoupon",
               "Release a lock", "coupons", schemas.Unlock,
               {200: ("The code, unlocked", schemas.Coupon)}, (*_WRITE_ERRORS, 423)),
     Operation("POST", "/coupons/redeem/{code}", redeem_code, "redeemCoupon",
               "Redeem a code", "coupons", schemas.Redeem,
-              {200: ("The redemption", schemas.Redemption)}, (*_WRITE_ERRORS, 423),
+              {200: ("The redemption", schemas.Redemption)}, (*_LIMITED_ERRORS, 423),
               idempotent=True),
     Operation("GET", "/users/{userId}/coupons", list_user_coupons, "getUserCoupons",
               "The codes assigned to a user, a page at a time", "users", None,
