@@ -21,6 +21,7 @@ from couponsvc.coalesce import Coalescer, CommandPipe, Replicas
 from couponsvc.coupons import Coupons
 from couponsvc.errors import exception_handlers
 from couponsvc.metrics import ApiMetrics, TimingMiddleware
+from couponsvc.ratelimit import AbuseGuard
 from couponsvc.records import Records
 from couponsvc.resp import RespPipeline
 from couponsvc.routes import OPERATIONS
@@ -73,6 +74,7 @@ def create_app(settings: Settings) -> Starlette:
             if settings.database_url else None
         if pool is None:
             log.warning("no COUPONSVC_DATABASE_URL: running without a durable record")
+        guard = AbuseGuard(settings, redis) if settings.rate_limits else None
         try:
             # The RESP client speaks to one node; a cluster uses redis-py pipelines,
             # which route each command to its slot's node.
@@ -101,8 +103,11 @@ def create_app(settings: Settings) -> Starlette:
                 openapi=document,
                 registry=registry,
                 metrics=metrics,
+                guard=guard,
             )}
         finally:
+            if guard is not None:
+                await guard.aclose()
             if isinstance(pipe, RespPipeline):
                 await pipe.aclose()
             await redis.aclose()

@@ -160,6 +160,17 @@ class CodeRedeemed(ServiceError):
     status, slug, title = 423, "code-redeemed", "The code has no redemptions left"
 
 
+class TooManyRequests(ServiceError):
+    status, slug, title = 429, "too-many-requests", "Too many requests; slow down"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, retryAfterSeconds=retry_after)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class PayloadTooLarge(ServiceError):
     status, slug, title = 413, "payload-too-large", "Request body too large"
 

@@ -16,6 +16,8 @@ Layout (documented for operators in docs/redis-keys.md):
     {prefix}:{dir:TT}:BUCKET             hash   code -> book number (immutable directory)
     {prefix}:{idem:DIGEST}               string the fingerprint an idempotency key is bound to
     {prefix}:{user:USER}:books           set    book numbers the user has codes in
+    {prefix}:ratelimit:{LIMITER/...}     string abuse-limit counters, named by `limits`
+                                                 (the part after the prefix; see ratelimit.py)
 
 All keys one script call touches share one hash tag (the book's `{book:N}`, or
 for claim_codes one directory tag `{dir:TT}`), so every script runs unchanged
@@ -103,6 +105,11 @@ class Keys:
 
     def user_books(self, user_id: str) -> str:
         return f"{self.prefix}:{{user:{user_id}}}:books"
+
+    @property
+    def rate_limits(self) -> str:
+        """The prefix handed to `limits`, which names its counters below it."""
+        return f"{self.prefix}:ratelimit"
 
 
 def _digest(caller: str, key: str) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -12,7 +13,7 @@ from starlette.responses import Response
 
 from couponsvc import errors, schemas
 from couponsvc.auth import Principal
-from couponsvc.coupons import Idempotency
+from couponsvc.coupons import Idempotency, Outcome
 from couponsvc.http import (
     fingerprint,
     idempotency_key,
@@ -26,6 +27,7 @@ from couponsvc.outbox_stats import outbox_gauges
 from couponsvc.services import Services
 from couponsvc.types import Endpoint
 
+T = TypeVar("T")
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -112,6 +114,7 @@ async def _upload_text(request: Request, services: Services) -> Response:
 async def assign_random(request: Request) -> Response:
     principal = _principal(request)
     req, body = await json_body(request, schemas.AssignRandom)
+    await _count_assign(request, principal, req.userId)
     outcome = await _services(request).coupons.assign_random(
         principal, req.couponBookId, req.userId, _idempotency(request, principal, body))
     return json_response(outcome.coupon, headers=_replayed(outcome.replayed))
@@ -121,8 +124,14 @@ async def assign_code(request: Request) -> Response:
     principal = _principal(request)
     code = _path_code(request)
     req, body = await json_body(request, schemas.AssignCode)
-    outcome = await _services(request).coupons.assign_code(
-        principal, code, req.userId, req.couponBookId, _idempotency(request, principal, body))
+    coupons = _services(request).coupons
+    idem = _idempotency(request, principal, body)
+
+    async def assign() -> Outcome:
+        await _count_assign(request, principal, req.userId)
+        return await coupons.assign_code(principal, code, req.userId, req.couponBookId, idem)
+
+    outcome = await _look_up(request, principal, req.userId, assign)
     return json_response(outcome.coupon, headers=_replayed(outcome.replayed))
 
 
@@ -130,7 +139,9 @@ async def lock_code(request: Request) -> Response:
     principal = _principal(request)
     code = _path_code(request)
     req, _ = await json_body(request, schemas.Lock)
-    result = await _services(request).coupons.lock(principal, code, req.userId, req.ttlSeconds)
+    coupons = _services(request).coupons
+    result = await _look_up(request, principal, req.userId,
+                            lambda: coupons.lock(principal, code, req.userId, req.ttlSeconds))
     return json_response(result)
 
 
@@ -146,9 +157,40 @@ async def redeem_code(request: Request) -> Response:
     principal = _principal(request)
     code = _path_code(request)
     req, body = await json_body(request, schemas.Redeem)
-    redemption, replayed = await _services(request).coupons.redeem(
-        principal, code, req.userId, req.lockToken, _idempotency(request, principal, body))
+    coupons = _services(request).coupons
+    idem = _idempotency(request, principal, body)
+    redemption, replayed = await _look_up(
+        request, principal, req.userId,
+        lambda: coupons.redeem(principal, code, req.userId, req.lockToken, idem))
     return json_response(redemption, headers=_replayed(replayed))
+
+
+# --- abuse limits (ratelimit.py) ----------------------------------------------
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
+async def _count_assign(request: Request, principal: Principal, user_id: str) -> None:
+    guard = _services(request).guard
+    if guard is not None:
+        await guard.assign(principal, user_id, _address(request))
+
+
+async def _look_up(request: Request, principal: Principal, user_id: str,
+                   call: Callable[[], Awaitable[T]]) -> T:
+    """Runs a look-up of a code by name; its 404s count towards the miss limit."""
+    guard = _services(request).guard
+    if guard is None:
+        return await call()
+    address = _address(request)
+    guard.before_lookup(principal, user_id, address)
+    try:
+        return await call()
+    except errors.NotFound:
+        await guard.lookup_missed(principal, user_id, address)
+        raise
 
 
 async def list_user_coupons(request: Request) -> Response:

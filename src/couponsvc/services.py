@@ -15,6 +15,7 @@ from couponsvc.auth import TokenVerifier
 from couponsvc.books import Books
 from couponsvc.coupons import Coupons
 from couponsvc.metrics import ApiMetrics
+from couponsvc.ratelimit import AbuseGuard
 from couponsvc.records import Records
 from couponsvc.settings import Settings
 from couponsvc.store import Store
@@ -34,6 +35,8 @@ class Services:
     openapi: bytes
     registry: CollectorRegistry
     metrics: ApiMetrics
+    # None when COUPONSVC_RATE_LIMITS=off.
+    guard: AbuseGuard | None = None
 
     async def readiness(self) -> dict[str, str]:
         """Each backing store's state: 'ok', 'disabled', or why not."""

@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from limits import parse_many
+
 MIN_SECRET_BYTES = 32
 # Used only when COUPONSVC_ENV=dev and no secret is given; never valid elsewhere.
 DEV_SECRET = "dev-only-secret-do-not-use-in-production"
@@ -41,6 +43,12 @@ class Settings:
     # "resp": the small auto-pipelining client (resp.py); "redis-py": redis-py
     # pipelines (coalesce.py), e.g. to compare them in a benchmark.
     hot_path_client: str = "resp"
+    # Abuse limits (ratelimit.py), in limits' notation ("30/minute;500/hour").
+    rate_limits: bool = True
+    rate_limit_assign: str = "30/minute"
+    rate_limit_assign_address: str = "120/minute"
+    rate_limit_misses: str = "10/minute;50/hour"
+    rate_limit_misses_address: str = "30/minute;200/hour"
 
     @property
     def dev(self) -> bool:
@@ -77,6 +85,13 @@ class Settings:
                                        "COUPONSVC_REDIS_WAIT_TIMEOUT_MS"),
             max_body_bytes=_int(get("MAX_BODY_BYTES", str(defaults.max_body_bytes)),
                                 "COUPONSVC_MAX_BODY_BYTES"),
+            rate_limits=_switch(get("RATE_LIMITS", "on"), "COUPONSVC_RATE_LIMITS"),
+            rate_limit_assign=get("RATE_LIMIT_ASSIGN", defaults.rate_limit_assign),
+            rate_limit_assign_address=get("RATE_LIMIT_ASSIGN_ADDRESS",
+                                          defaults.rate_limit_assign_address),
+            rate_limit_misses=get("RATE_LIMIT_MISSES", defaults.rate_limit_misses),
+            rate_limit_misses_address=get("RATE_LIMIT_MISSES_ADDRESS",
+                                          defaults.rate_limit_misses_address),
             max_upload_codes=_int(get("MAX_UPLOAD_CODES", str(defaults.max_upload_codes)),
                                   "COUPONSVC_MAX_UPLOAD_CODES"),
         )
@@ -91,6 +106,15 @@ class Settings:
             raise SettingsError("COUPONSVC_HOT_PATH_CLIENT must be resp or redis-py")
         if not self.key_prefix or any(c in self.key_prefix for c in "{}: "):
             raise SettingsError("COUPONSVC_KEY_PREFIX must be non-empty, without {, }, : or spaces")
+        for name, value in (("ASSIGN", self.rate_limit_assign),
+                            ("ASSIGN_ADDRESS", self.rate_limit_assign_address),
+                            ("MISSES", self.rate_limit_misses),
+                            ("MISSES_ADDRESS", self.rate_limit_misses_address)):
+            try:
+                parse_many(value)
+            except ValueError:
+                raise SettingsError(f"COUPONSVC_RATE_LIMIT_{name} is not a rate limit like "
+                                    f"'30/minute' or '10/minute;50/hour': {value!r}") from None
         if self.jwt_public_key:
             if self.jwt_algorithm not in ("RS256", "ES256"):
                 raise SettingsError(
@@ -121,6 +145,14 @@ def _looks_like_ec(pem: str) -> bool:
         return isinstance(load_pem_public_key(pem.encode()), ec.EllipticCurvePublicKey)
     except ValueError as exc:
         raise SettingsError(f"COUPONSVC_JWT_PUBLIC_KEY is not a PEM public key: {exc}") from exc
+
+
+def _switch(value: str, name: str) -> bool:
+    if value.lower() in ("on", "true", "1", "yes"):
+        return True
+    if value.lower() in ("off", "false", "0", "no"):
+        return False
+    raise SettingsError(f"{name} must be on or off, got {value!r}")
 
 
 def _int(value: str, name: str) -> int:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from couponsvc import errors
 from couponsvc.auth import ADMIN, WRITE, Principal, TokenVerifier, issue_token
+from couponsvc.ratelimit import storage_uri
 from couponsvc.settings import DEV_SECRET, Settings, SettingsError
 
 pytestmark = pytest.mark.unit
@@ -121,6 +122,36 @@ def test_bad_key_prefix(prefix):
 def test_integers_must_be_integers(name):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({"COUPONSVC_ENV": "dev", f"COUPONSVC_{name}": "many"})
+
+
+def test_rate_limits_default_on_and_can_be_switched_off():
+    assert Settings.from_env(PROD).rate_limits is True
+    settings = Settings.from_env({**PROD, "COUPONSVC_RATE_LIMITS": "off",
+                                  "COUPONSVC_RATE_LIMIT_ASSIGN": "5/second;100/hour"})
+    assert settings.rate_limits is False
+    assert settings.rate_limit_assign == "5/second;100/hour"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("COUPONSVC_RATE_LIMITS", "sometimes"),
+    ("COUPONSVC_RATE_LIMIT_ASSIGN", "lots"),
+    ("COUPONSVC_RATE_LIMIT_MISSES", "10 per fortnight"),
+    ("COUPONSVC_RATE_LIMIT_MISSES_ADDRESS", ""),
+])
+def test_bad_rate_limits_are_refused(name, value):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({**PROD, name: value})
+
+
+@pytest.mark.parametrize(("url", "cluster", "uri"), [
+    ("redis://127.0.0.1:6379/0", False, "async+redis://127.0.0.1:6379/0"),
+    ("rediss://:pw@cache:6380/2", False, "async+rediss://:pw@cache:6380/2"),
+    ("unix:///run/redis.sock", False, "async+redis+unix:///run/redis.sock"),
+    ("redis://node-1:7000", True, "async+redis+cluster://node-1:7000"),
+])
+def test_the_limits_storage_uses_the_services_redis(url, cluster, uri):
+    settings = Settings(redis_url=url, redis_cluster=cluster)
+    assert storage_uri(settings) == uri
 
 
 def test_public_keys_choose_their_algorithm(rsa_key, ec_key):

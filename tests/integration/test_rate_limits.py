@@ -1,0 +1,158 @@
+"""Abuse limits (ratelimit.py) on a real server: a guessing loop is throttled
+with 429 + Retry-After, a normal checkout flow never is.
+
+The API here is a second process on the session's Redis (one node and the
+cluster) with small limits. Every test acts from its own client address (the
+API trusts X-Forwarded-For from 127.0.0.1, uvicorn's default), so the
+per-address counters of one test do not leak into another.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from support.cluster import RedisCluster
+
+from .conftest import is_cluster
+from .support import Api, ApiServer, RedisServer, assert_problem, http_client, new_code, new_user
+
+pytestmark = pytest.mark.integration
+
+MISSES_PER_CALLER = 5
+MISSES_PER_ADDRESS = 8
+ASSIGNS_PER_CALLER = 4
+
+
+@pytest.fixture(scope="module")
+def limited_server(redis_server: RedisServer | RedisCluster,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    env = {
+        "COUPONSVC_RATE_LIMITS": "on",
+        "COUPONSVC_RATE_LIMIT_MISSES": f"{MISSES_PER_CALLER}/minute",
+        "COUPONSVC_RATE_LIMIT_MISSES_ADDRESS": f"{MISSES_PER_ADDRESS}/minute",
+        "COUPONSVC_RATE_LIMIT_ASSIGN": f"{ASSIGNS_PER_CALLER}/minute",
+        "COUPONSVC_RATE_LIMIT_ASSIGN_ADDRESS": "100/minute",
+    }
+    if is_cluster(redis_server):
+        env["COUPONSVC_REDIS_CLUSTER"] = "true"
+    server = ApiServer(redis_server.url, tmp_path_factory.mktemp("limited"), env).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def limited(limited_server: ApiServer) -> AsyncIterator[Api]:
+    # A made-up client address of its own for each test.
+    address = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+    async with http_client(limited_server.base_url) as client:
+        client.headers["X-Forwarded-For"] = address
+        yield Api(client, limited_server)
+
+
+def assert_throttled(response: httpx.Response) -> None:
+    body = assert_problem(response, 429, "too-many-requests")
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= 60
+    assert body["retryAfterSeconds"] == retry_after
+
+
+async def test_a_guessing_loop_is_throttled(limited: Api) -> None:
+    user = new_user()
+    token = limited.server.user(user)
+    answers = [(await limited.lock(new_code("GUESS"), user, token=token)).status_code
+               for _ in range(MISSES_PER_CALLER)]
+    assert answers == [404] * MISSES_PER_CALLER
+    for _ in range(3):
+        assert_throttled(await limited.redeem(new_code("GUESS"), user, token=token))
+
+
+async def test_a_throttled_guesser_cannot_use_even_a_real_code(limited: Api) -> None:
+    _, code, user = await limited.owned_code()
+    token = limited.server.user(user)
+    for _ in range(MISSES_PER_CALLER):
+        assert (await limited.lock(new_code("GUESS"), user, token=token)).status_code == 404
+    assert_throttled(await limited.lock(new_code("GUESS"), user, token=token))
+    # The look-up of its own code is refused too while the window lasts:
+    # otherwise the limit would not stop guessing.
+    assert_throttled(await limited.lock(code, user, token=token))
+
+
+async def test_the_address_limit_spans_users(limited: Api) -> None:
+    answers = []
+    for _ in range(MISSES_PER_ADDRESS // 2 + 1):
+        user = new_user()
+        token = limited.server.user(user)
+        for _ in range(2):
+            answers.append((await limited.lock(new_code("GUESS"), user, token=token)).status_code)
+    assert answers[:MISSES_PER_ADDRESS] == [404] * MISSES_PER_ADDRESS
+    assert set(answers[MISSES_PER_ADDRESS:]) == {429}
+
+
+async def test_a_back_end_is_limited_per_user_it_acts_for(limited: Api) -> None:
+    guesser, honest = new_user(), new_user()
+    for _ in range(MISSES_PER_CALLER):
+        assert (await limited.lock(new_code("GUESS"), guesser)).status_code == 404
+    assert_throttled(await limited.lock(new_code("GUESS"), guesser))
+    # The same back-end token, for another user: unaffected.
+    assert (await limited.assign_code(new_code("GUESS"), honest)).status_code == 404
+    _, [code] = await limited.book_with_codes(1)
+    assert (await limited.assign_code(code, honest)).status_code == 200
+
+
+async def test_normal_checkouts_are_never_throttled(limited: Api) -> None:
+    """Far more checkouts than any limit, by one back-end from one address."""
+    book, _ = await limited.book_with_codes(3 * MISSES_PER_ADDRESS)
+    for _ in range(3 * MISSES_PER_ADDRESS):
+        user = new_user()
+        assigned = await limited.assign(book["id"], user)
+        assert assigned.status_code == 200, assigned.text
+        code = assigned.json()["code"]
+        locked = await limited.lock(code, user)
+        assert locked.status_code == 200, locked.text
+        redeemed = await limited.redeem(code, user, locked.json()["lockToken"])
+        assert redeemed.status_code == 200, redeemed.text
+
+
+async def test_an_end_users_own_checkout_is_not_throttled(limited: Api) -> None:
+    book, _ = await limited.book_with_codes(ASSIGNS_PER_CALLER, maxPerUser=ASSIGNS_PER_CALLER)
+    user = new_user()
+    token = limited.server.user(user)
+    for _ in range(ASSIGNS_PER_CALLER):
+        assigned = await limited.assign(book["id"], user, token=token)
+        assert assigned.status_code == 200, assigned.text
+        code = assigned.json()["code"]
+        for _ in range(3):  # a lock, a timed-out checkout's unlock, a lock again
+            locked = await limited.lock(code, user, token=token)
+            assert locked.status_code == 200, locked.text
+            unlocked = await limited.unlock(code, user, locked.json()["lockToken"], token=token)
+            assert unlocked.status_code == 200, unlocked.text
+        assert (await limited.redeem(code, user, token=token)).status_code == 200
+
+
+async def test_hoarding_assigns_are_throttled(limited: Api, redis: Redis) -> None:
+    book, _ = await limited.book_with_codes(10, maxPerUser=10)
+    user = new_user()
+    token = limited.server.user(user)
+    for _ in range(ASSIGNS_PER_CALLER):
+        assert (await limited.assign(book["id"], user, token=token)).status_code == 200
+    assert_throttled(await limited.assign(book["id"], user, token=token))
+    # Refused before the script: no code moved.
+    view = (await limited.get(f"/coupons/{book['id']}")).json()
+    assert view["counts"]["assigned"] == ASSIGNS_PER_CALLER
+    # The counters live under the service's prefix, where operators look.
+    counters = [key async for key in redis.scan_iter(match="cb:ratelimit:*", count=1000)]
+    assert any(user in key for key in counters), counters
+
+
+async def test_limits_off_never_throttle(api: Api) -> None:
+    """The session's API runs with COUPONSVC_RATE_LIMITS=off (as benchmarks do)."""
+    user = new_user()
+    token = api.server.user(user)
+    answers = {(await api.lock(new_code("GUESS"), user, token=token)).status_code
+               for _ in range(3 * MISSES_PER_ADDRESS)}
+    assert answers == {404}
