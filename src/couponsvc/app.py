@@ -61,6 +61,13 @@ def connect_redis(settings: Settings) -> Redis:
     )
 
 
+def create_app_from_env() -> Starlette:
+    """The factory each uvicorn worker process calls when `couponsvc serve`
+    runs several (COUPONSVC_WORKERS > 1): a worker imports the app by name and
+    reads its settings from the environment it inherited."""
+    return create_app(Settings.from_env())
+
+
 def create_app(settings: Settings) -> Starlette:
     document = openapi.encoded(OPERATIONS)
 

@@ -24,8 +24,14 @@ def _serve(settings: Settings, _: argparse.Namespace) -> int:
 
     from couponsvc.app import create_app
 
+    # Several workers: uvicorn binds the port, then starts processes that each
+    # import the app by name and build it from the environment. SIGTERM to this
+    # process stops every worker, each with the same graceful timeout.
+    many = settings.workers > 1
     uvicorn.run(
-        create_app(settings),
+        "couponsvc.app:create_app_from_env" if many else create_app(settings),
+        factory=many,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         loop="uvloop",

@@ -26,6 +26,8 @@ class Settings:
     database_url: str = field(default="", repr=False)
     host: str = "127.0.0.1"
     port: int = 8000
+    # API processes `couponsvc serve` runs (uvicorn workers sharing the port).
+    workers: int = 1
     env: str = "prod"
     jwt_secret: str = field(default="", repr=False)
     jwt_public_key: str = field(default="", repr=False)
@@ -71,6 +73,7 @@ class Settings:
             database_url=get("DATABASE_URL"),
             host=get("HOST", defaults.host),
             port=_int(get("PORT", str(defaults.port)), "COUPONSVC_PORT"),
+            workers=_int(get("WORKERS", str(defaults.workers)), "COUPONSVC_WORKERS"),
             env=get("ENV", defaults.env),
             jwt_secret=secret,
             jwt_public_key=public_key,
@@ -102,6 +105,8 @@ class Settings:
         """Refuse to run with a key that anyone could guess, outside dev mode."""
         if self.env == "prod" and not self.database_url:
             raise SettingsError("COUPONSVC_DATABASE_URL is required when COUPONSVC_ENV=prod")
+        if self.workers < 1:
+            raise SettingsError(f"COUPONSVC_WORKERS must be at least 1, got {self.workers}")
         if self.hot_path_client not in ("resp", "redis-py"):
             raise SettingsError("COUPONSVC_HOT_PATH_CLIENT must be resp or redis-py")
         if not self.key_prefix or any(c in self.key_prefix for c in "{}: "):

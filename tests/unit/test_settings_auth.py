@@ -118,10 +118,18 @@ def test_bad_key_prefix(prefix):
         Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_KEY_PREFIX": prefix})
 
 
-@pytest.mark.parametrize("name", ["PORT", "MAX_UPLOAD_CODES", "MAX_BODY_BYTES"])
+@pytest.mark.parametrize("name", ["PORT", "WORKERS", "MAX_UPLOAD_CODES", "MAX_BODY_BYTES"])
 def test_integers_must_be_integers(name):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({"COUPONSVC_ENV": "dev", f"COUPONSVC_{name}": "many"})
+
+
+def test_workers_default_to_one_and_must_be_positive():
+    assert Settings.from_env({"COUPONSVC_ENV": "dev"}).workers == 1
+    assert Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_WORKERS": " 4 "}).workers == 4
+    for bad in ("0", "-1"):
+        with pytest.raises(SettingsError, match="COUPONSVC_WORKERS must be at least 1"):
+            Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_WORKERS": bad})
 
 
 def test_rate_limits_default_on_and_can_be_switched_off():
