@@ -23,6 +23,7 @@ def _serve(settings: Settings, _: argparse.Namespace) -> int:
     import uvicorn
 
     from couponsvc.app import create_app
+    from couponsvc.serving import DeadlineHttpToolsProtocol
 
     # Several workers: uvicorn binds the port, then starts processes that each
     # import the app by name and build it from the environment. SIGTERM to this
@@ -35,7 +36,9 @@ def _serve(settings: Settings, _: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with deadlines for each request's head and body (serving.py).
+        http=DeadlineHttpToolsProtocol,
+        timeout_keep_alive=settings.keep_alive_seconds,
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=10,

@@ -23,7 +23,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from couponsvc.types import ExceptionHandler
@@ -48,6 +48,10 @@ class Problem(msgspec.Struct, omit_defaults=True):
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+def encode_problem(problem: Problem) -> bytes:
+    return _encode(problem)
 
 
 class ServiceError(Exception):
@@ -221,6 +225,13 @@ async def _postgres_down(_: Request, exc: Exception) -> Response:
     return problem_response(ServiceUnavailable("Postgres did not answer; retry shortly"))
 
 
+async def _client_gone(_: Request, exc: Exception) -> Response:
+    # The client went away (or missed a deadline, serving.py) while its body was
+    # read: nobody is left to answer, and it is not the service's error.
+    log.info("client disconnected before its request body arrived")
+    return problem_response(InvalidRequest("the client disconnected"))
+
+
 async def _unexpected(_: Request, exc: Exception) -> Response:
     log.exception("unhandled error", exc_info=exc)
     return problem_response(InternalError("An unexpected error occurred; it has been logged"))
@@ -229,6 +240,7 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
 def exception_handlers() -> dict[Any, ExceptionHandler]:
     return {
         ServiceError: _service_error,
+        ClientDisconnect: _client_gone,
         HTTPException: _http_error,
         RedisConnectionError: _redis_down,
         RedisTimeoutError: _redis_down,

@@ -51,6 +51,12 @@ class Settings:
     rate_limit_assign_address: str = "120/minute"
     rate_limit_misses: str = "10/minute;50/hour"
     rate_limit_misses_address: str = "30/minute;200/hour"
+    # Deadlines of one request (serving.py): its head from the connection (or its
+    # first byte), its body from the end of the head; then an idle kept-alive
+    # connection is closed after keep_alive_seconds (uvicorn's own timer).
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
+    keep_alive_seconds: int = 5
 
     @property
     def dev(self) -> bool:
@@ -95,6 +101,12 @@ class Settings:
             rate_limit_misses=get("RATE_LIMIT_MISSES", defaults.rate_limit_misses),
             rate_limit_misses_address=get("RATE_LIMIT_MISSES_ADDRESS",
                                           defaults.rate_limit_misses_address),
+            header_timeout_seconds=_seconds(get("HEADER_TIMEOUT_SECONDS", "10"),
+                                            "COUPONSVC_HEADER_TIMEOUT_SECONDS"),
+            body_timeout_seconds=_seconds(get("BODY_TIMEOUT_SECONDS", "60"),
+                                          "COUPONSVC_BODY_TIMEOUT_SECONDS"),
+            keep_alive_seconds=_int(get("KEEP_ALIVE_SECONDS", "5"),
+                                    "COUPONSVC_KEEP_ALIVE_SECONDS"),
             max_upload_codes=_int(get("MAX_UPLOAD_CODES", str(defaults.max_upload_codes)),
                                   "COUPONSVC_MAX_UPLOAD_CODES"),
         )
@@ -150,6 +162,16 @@ def _looks_like_ec(pem: str) -> bool:
         return isinstance(load_pem_public_key(pem.encode()), ec.EllipticCurvePublicKey)
     except ValueError as exc:
         raise SettingsError(f"COUPONSVC_JWT_PUBLIC_KEY is not a PEM public key: {exc}") from exc
+
+
+def _seconds(value: str, name: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 3600:
+        raise SettingsError(f"{name} must be a number of seconds above 0, got {value!r}")
+    return seconds
 
 
 def _switch(value: str, name: str) -> bool:

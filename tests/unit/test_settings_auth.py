@@ -151,6 +151,20 @@ def test_bad_rate_limits_are_refused(name, value):
         Settings.from_env({**PROD, name: value})
 
 
+def test_request_deadlines_are_read():
+    settings = Settings.from_env({**PROD, "COUPONSVC_HEADER_TIMEOUT_SECONDS": "2.5",
+                                  "COUPONSVC_BODY_TIMEOUT_SECONDS": "30",
+                                  "COUPONSVC_KEEP_ALIVE_SECONDS": "7"})
+    assert (settings.header_timeout_seconds, settings.body_timeout_seconds,
+            settings.keep_alive_seconds) == (2.5, 30.0, 7)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan", "86400"])
+def test_request_deadlines_must_be_positive_seconds(value):
+    with pytest.raises(SettingsError, match="COUPONSVC_BODY_TIMEOUT_SECONDS"):
+        Settings.from_env({**PROD, "COUPONSVC_BODY_TIMEOUT_SECONDS": value})
+
+
 @pytest.mark.parametrize(("url", "cluster", "uri"), [
     ("redis://127.0.0.1:6379/0", False, "async+redis://127.0.0.1:6379/0"),
     ("rediss://:pw@cache:6380/2", False, "async+rediss://:pw@cache:6380/2"),

@@ -1,0 +1,165 @@
+"""Resource limits on a real server: request deadlines (serving.py), body
+size, codes per upload. Each answer is a problem document or a closed
+connection, never a hang or a 500.
+
+The API here has short deadlines and small limits of its own; raw sockets
+play the slow clients that httpx would not.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from .support import (
+    Api,
+    Stack,
+    assert_problem,
+    bearer,
+    http_client,
+    new_code,
+    running_stack,
+)
+
+pytestmark = pytest.mark.integration
+
+HEAD_SECONDS = 1.0
+BODY_SECONDS = 1.0
+KEEP_ALIVE_SECONDS = 2
+MAX_UPLOAD_CODES = 5
+MAX_BODY_BYTES = 4096
+# A broken deadline must show long before this; it only stops a hang.
+SOCKET_TIMEOUT_SECONDS = 15.0
+
+
+@pytest.fixture(scope="module")
+def limited_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("limits"),
+                       COUPONSVC_HEADER_TIMEOUT_SECONDS=str(HEAD_SECONDS),
+                       COUPONSVC_BODY_TIMEOUT_SECONDS=str(BODY_SECONDS),
+                       COUPONSVC_KEEP_ALIVE_SECONDS=str(KEEP_ALIVE_SECONDS),
+                       COUPONSVC_MAX_UPLOAD_CODES=str(MAX_UPLOAD_CODES),
+                       COUPONSVC_MAX_BODY_BYTES=str(MAX_BODY_BYTES)) as stack:
+        yield stack
+
+
+@pytest.fixture
+async def api(limited_stack: Stack) -> AsyncIterator[Api]:
+    async with http_client(limited_stack.api.base_url) as client:
+        yield Api(client, limited_stack.api)
+
+
+def connect(stack: Stack) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", stack.api.port))
+    sock.settimeout(SOCKET_TIMEOUT_SECONDS)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def assert_timed_out(raw: bytes) -> None:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), raw
+    assert b"content-type: application/problem+json" in head.lower(), raw
+    response = httpx.Response(408, headers={"content-type": "application/problem+json"},
+                              content=body)
+    assert_problem(response, 408, "request-timeout")
+
+
+def test_a_connection_that_sends_nothing_is_closed(limited_stack: Stack) -> None:
+    with connect(limited_stack) as sock:
+        started = time.monotonic()
+        assert_timed_out(read_until_closed(sock))
+    assert time.monotonic() - started >= HEAD_SECONDS * 0.9
+
+
+def test_headers_sent_a_byte_at_a_time_are_cut_off(limited_stack: Stack) -> None:
+    """Slowloris: each byte resets no timer; the head as a whole has a deadline."""
+    request = b"POST /coupons/assign HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 200
+    with connect(limited_stack) as sock:
+        try:
+            for byte in request:
+                sock.send(bytes([byte]))
+                time.sleep(0.02)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed mid-dribble: the deadline worked
+        assert_timed_out(read_until_closed(sock))
+
+
+def test_a_body_that_stalls_is_cut_off(limited_stack: Stack) -> None:
+    token = limited_stack.api.writer
+    head = (f"POST /coupons/assign HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
+    with connect(limited_stack) as sock:
+        sock.sendall(head + b'{"userId": "slow"')
+        assert_timed_out(read_until_closed(sock))
+    assert "unhandled error" not in limited_stack.api.log()
+
+
+async def test_the_server_keeps_serving_after_cutting_off_slow_clients(
+        limited_stack: Stack, api: Api) -> None:
+    slow = [connect(limited_stack) for _ in range(20)]
+    try:
+        for sock in slow:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        response = await api.client.get("/healthz")
+        assert response.status_code == 200
+        for sock in slow:
+            assert_timed_out(read_until_closed(sock))
+    finally:
+        for sock in slow:
+            sock.close()
+    assert (await api.client.get("/healthz")).status_code == 200
+
+
+async def test_a_kept_alive_connection_serves_requests_apart_in_time(api: Api) -> None:
+    """The head deadline starts with each request, not with the connection."""
+    for _ in range(3):
+        assert (await api.client.get("/healthz")).status_code == 200
+        time.sleep(HEAD_SECONDS * 0.7)
+
+
+async def test_a_chunked_body_over_the_limit_is_413(api: Api) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(MAX_BODY_BYTES // 1000 + 2):
+            yield b'"' + b"C" * 998 + b'",'
+
+    response = await api.client.post(
+        "/coupons/codes", content=chunks(),
+        headers={**bearer(api.server.admin), "Content-Type": "application/json"})
+    assert "content-length" not in response.request.headers
+    assert_problem(response, 413, "payload-too-large")
+
+
+async def test_more_codes_than_allowed_in_one_upload_is_400_and_adds_nothing(api: Api) -> None:
+    book = await api.create_book()
+    codes = [new_code() for _ in range(MAX_UPLOAD_CODES + 1)]
+    response = await api.post("/coupons/codes", {"couponBookId": book["id"], "codes": codes},
+                              token=api.server.admin)
+    assert_problem(response, 400, "invalid-request")
+    view = (await api.get(f"/coupons/{book['id']}")).json()
+    assert view["counts"]["total"] == 0
+    accepted = await api.post("/coupons/codes",
+                              {"couponBookId": book["id"], "codes": codes[:MAX_UPLOAD_CODES]},
+                              token=api.server.admin)
+    assert accepted.status_code == 200, accepted.text
+
+
+async def test_generating_more_codes_than_allowed_is_400(api: Api) -> None:
+    book = await api.create_book()
+    response = await api.post(
+        "/coupons/codes",
+        {"couponBookId": book["id"],
+         "generate": {"pattern": "GEN-########", "count": MAX_UPLOAD_CODES + 1}},
+        token=api.server.admin)
+    problem = assert_problem(response, 400, "invalid-request")
+    assert str(MAX_UPLOAD_CODES) in problem["detail"]
