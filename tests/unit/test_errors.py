@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 
 SIMPLE = [cls for _, cls in inspect.getmembers(errors, inspect.isclass)
           if issubclass(cls, errors.ServiceError)
-          and cls not in (errors.ServiceError, errors.CodeLocked)]
+          and cls not in (errors.ServiceError, errors.CodeLocked, errors.TooManyRequests)]
 
 
 def body(response) -> dict:
@@ -34,8 +34,18 @@ def test_each_error_is_a_problem_document(cls):
 
 
 def test_slugs_are_unique():
-    slugs = [cls.slug for cls in SIMPLE] + [errors.CodeLocked.slug]
+    slugs = [cls.slug for cls in SIMPLE] + [errors.CodeLocked.slug, errors.TooManyRequests.slug]
     assert len(slugs) == len(set(slugs))
+
+
+def test_too_many_requests_says_when_to_retry():
+    response = errors.problem_response(errors.TooManyRequests("slow down", retry_after=7))
+
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+    assert body(response) == {"type": "/problems/too-many-requests",
+                              "title": errors.TooManyRequests.title, "status": 429,
+                              "detail": "slow down", "retryAfterSeconds": 7}
 
 
 def test_invalid_request_names_the_field():
