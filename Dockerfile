@@ -7,29 +7,44 @@
 FROM python:3.11-slim-trixie AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PATH=/opt/venv/bin:$PATH
+    PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-RUN python -m venv /opt/venv
 
-# Dependency layer: rebuilt only when pyproject.toml changes. The runtime
-# dependencies are read from [project].dependencies, so no code is needed yet.
-# Every dependency ships manylinux wheels, so no compiler is needed either.
-COPY pyproject.toml ./
+# Every Python package comes from a lock made by `make lock` (requirements/):
+# each file is checked against its sha256 (--require-hashes), nothing is
+# resolved here (--no-deps) and nothing is built from a source distribution
+# (--only-binary), so no code from the index runs during the build.
+#
+# Build tools: pip and hatchling (requirements/build.lock), in a virtualenv of
+# their own that never reaches the final stage. The service's virtualenv has no
+# pip at all: this pip installs into it (pip --python).
+COPY requirements/build.lock requirements/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt
+    python -m venv /opt/build \
+    && /opt/build/bin/python -m pip install --require-hashes --no-deps --only-binary :all: \
+        --requirement requirements/build.lock \
+    && python -m venv --without-pip /opt/venv
 
-# Code layer: the package itself, built by hatchling into a wheel (which also
-# carries lua/ as couponsvc/lua and the SQL migrations) and installed alone.
-COPY README.md ./
+# Dependency layer: rebuilt only when requirements/runtime.lock changes; it pins
+# [project].dependencies and everything they need, at the versions the tests ran.
+# Every dependency ships manylinux wheels, so no compiler is needed either.
+COPY requirements/runtime.lock requirements/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/build/bin/pip --python /opt/venv/bin/python install \
+        --require-hashes --no-deps --only-binary :all: \
+        --requirement requirements/runtime.lock
+
+# Code layer: the package itself, built into a wheel by the locked hatchling
+# (--no-build-isolation: no build backend fetched unchecked; the wheel also
+# carries lua/ as couponsvc/lua and the SQL migrations), then installed alone.
+COPY pyproject.toml README.md ./
 COPY lua/ lua/
 COPY src/ src/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps . \
-    && couponsvc --help > /dev/null
+    /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
+    && /opt/build/bin/pip --python /opt/venv/bin/python install --no-deps /tmp/dist/couponsvc-*.whl \
+    && /opt/venv/bin/couponsvc --help > /dev/null
 
 # ---- runtime: the virtualenv only; no compiler, no build tools, not root -----
 FROM python:3.11-slim-trixie
