@@ -105,6 +105,7 @@ def check() -> int:
         for req in missing_build_requirements()
     ]
     digest = inputs_digest()
+    stale = []
     for name in LOCKS:
         path = ROOT / LOCK_DIR / name
         if not path.is_file():
@@ -114,10 +115,12 @@ def check() -> int:
         if found is None:
             problems.append(f"{LOCK_DIR}/{name} has no inputs digest")
         elif found.group(1) != digest:
-            problems.append(
-                f"{LOCK_DIR}/{name} is stale: pyproject.toml's dependencies or "
-                f"{', '.join(REQUIREMENT_FILES)} changed since it was made"
-            )
+            stale.append(name)
+    if stale:
+        problems.append(
+            f"stale in {LOCK_DIR}/: {', '.join(stale)}; the dependencies in pyproject.toml "
+            f"or {', '.join(REQUIREMENT_FILES)} changed since they were made"
+        )
     for problem in problems:
         print(f"lock-check: {problem}", file=sys.stderr)
     if problems:
