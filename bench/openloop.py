@@ -37,6 +37,8 @@ class Conn(asyncio.Protocol):
         self.need = -1  # bytes of the current response, once its head is in
         self.status = 0
         self.busy = False
+        self.body_at = 0
+        self.body = b""  # the last response's body, when the client keeps bodies
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's own class
@@ -55,9 +57,12 @@ class Conn(asyncio.Protocol):
             at = head.find(b"content-length:")
             length = int(head[at + 15:head.find(b"\r\n", at) if head.find(b"\r\n", at) > 0
                               else len(head)]) if at >= 0 else 0
-            self.need = head_end + 4 + length
+            self.body_at = head_end + 4
+            self.need = self.body_at + length
             self.status = int(head[9:12])
         if len(self.buf) >= self.need:
+            if self.client.keep_bodies:
+                self.body = bytes(self.buf[self.body_at:self.need])
             del self.buf[:self.need]
             self.need, self.busy = -1, False
             self.client.done(self, self.status)
@@ -67,6 +72,8 @@ class Conn(asyncio.Protocol):
 
 
 class Client:
+    keep_bodies = False  # a client that reads answers (bench/soakflow.py) sets it
+
     def __init__(self, requests: list[bytes], rate: float) -> None:
         self.requests = requests
         self.rate = rate
