@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help venv deps run test check lint typecheck deploy-check workflow-check lock-check lock audit pytest pulumi-test bench bench-quick clean
+.PHONY: help venv deps run test check lint typecheck deploy-check workflow-check lock-check lock audit pytest pulumi-test bench bench-quick soak clean
 
 help:
 	@echo "make run    set up and serve the API on a local Redis"
@@ -14,6 +14,7 @@ help:
 	@echo "make lock   refresh the hash-pinned locks in requirements/ (LOCK_ARGS=--upgrade: newest allowed)"
 	@echo "make audit  pip-audit the locks for known vulnerabilities"
 	@echo "make bench  start a local stack, measure it, write bench/results/ (~7 min)"
+	@echo "make soak   the checkout mix at 80% of its peak for 10 min: errors, p99, memory, writer lag (~13 min)"
 
 # The venv comes from the locks in requirements/ alone (made by `make lock`):
 # every file checked against its sha256 (--require-hashes), nothing resolved at
@@ -99,6 +100,10 @@ bench: venv deps
 
 bench-quick: venv deps
 	$(BIN)/python bench/run.py --quick
+
+# Neither is the soak (bench/soak.py --help; `--quick` for a 1-minute smoke run).
+soak: venv deps
+	$(BIN)/python bench/soak.py --update-readme
 
 run: venv deps
 	@scripts/run-local.sh

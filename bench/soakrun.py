@@ -1,0 +1,185 @@
+"""The soak's order of events: start the stack, measure the peak of the
+checkout mix, load a book big enough, drive the mix at a share of that peak
+for the whole run while watching memory and the writer's lag, let the writer
+catch up, compare Redis with Postgres (`couponsvc verify`), write the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import soakreport
+from machine import describe
+from phases import Bench, Sizes
+from service import Api, Outbox
+from soakflow import DEFAULT_SHARES, requests_per_session
+from soakwatch import Watch
+from stack import VENV_BIN, Stack
+from suite import _versions
+
+FLOW = Path(__file__).resolve().parent / "soakflow.py"
+PEAK_SESSIONS_PER_S = 3000  # more than one API process can do: codes for the peak phase
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    seconds = args.minutes * 60
+    warmup = min(args.warmup, seconds / 3)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="couponsvc-soak-"))
+    results: dict = {
+        "mode": "quick" if args.quick else "full", "minutes": args.minutes, "notes": [],
+        "settings": {"share_of_peak": args.share, "shares": DEFAULT_SHARES,
+                     "think_s": args.think, "interval_s": args.interval, "warmup_s": warmup,
+                     "peak_seconds": args.peak_seconds, "lag_interval_s": 0.5},
+        "target": "a local stack started by bench/soak.py (one API process, the writer "
+                  "running)"}
+    if warmup < args.warmup:
+        results["notes"].append(f"A {args.minutes:g}-minute run: the warm-up is cut to "
+                                f"{warmup:g} s (a third of the run).")
+    stack = Stack()
+    api = outbox = None
+    failed = False
+    try:
+        log(f"starting redis-server, PostgreSQL, the writer and the API in {stack.root}")
+        stack.start_service()
+        api = Api(stack.api_url, stack.token(ttl=int(seconds) + 2 * 3600))
+        outbox = Outbox(stack.redis_url)
+        results["machine"] = describe(*_versions(stack, outbox))
+        bench = Bench(api=api, sizes=Sizes(), tmp=tmp, tag=f"s{secrets.token_hex(3)}-",
+                      stack=stack, outbox=outbox, results=results)
+        _soak(bench, args, seconds)
+    except BaseException as exc:
+        failed = True
+        results["error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    finally:
+        if api is not None:
+            api.close()
+        if outbox is not None:
+            outbox.close()
+        stack.close(keep=args.keep)
+        if args.keep:
+            log(f"kept {stack.root} and {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    results.setdefault("machine", describe())
+    soakreport.summarize(results)
+    soakreport.write(results, out)
+    print("\n" + "\n".join(f"{r['verdict']:>4}  {r['what']}: {r['measured']} "
+                           f"(goal {r['goal']})" for r in results["goals"]))
+    print(f"\nresults in {out}/soak.json, soak.md and soak.png")
+    if args.update_readme and not failed:
+        if args.quick:
+            print("a --quick run: bench/README.md is left as it is")
+        else:
+            soakreport.update_readme(results)
+    return 1 if failed else 0
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _soak(bench: Bench, args: argparse.Namespace, seconds: float) -> None:
+    r, api = bench.results, bench.api
+    assert bench.stack is not None and bench.outbox is not None
+    bench.book = api.create_book(f"{bench.tag}book")["id"]
+    shares = DEFAULT_SHARES
+    if args.rate:
+        rate = args.rate
+        r["peak"] = {"skipped": f"--rate {args.rate:g} given"}
+    else:
+        api.generate(bench.book, math.ceil(PEAK_SESSIONS_PER_S * args.peak_seconds))
+        bench.settle(trimmed=True)
+        bench.quiet()
+        log(f"peak of the checkout mix: closed loop, {args.connections} connections, "
+            f"{args.peak_seconds:g} s")
+        r["peak"] = flow(bench, mode="closed", seconds=args.peak_seconds, think=0.0,
+                         connections=args.connections, tag=f"{bench.tag}peak-")
+        peak = r["peak"]["totals"]
+        rate = args.share * peak["ok_per_s"]
+        log(f"peak: {peak['ok_per_s']:,.0f} req/s ({peak['statuses']}); the soak runs at "
+            f"{args.share:.0%}: {rate:,.0f} req/s")
+        if peak["bad"]:
+            r["notes"].append(f"The peak phase had answers that were not 2xx: {peak['bad']}.")
+    sessions = rate / requests_per_session(shares)
+    r["rate"] = {"requests_per_s": round(rate, 1), "sessions_per_s": round(sessions, 1),
+                 "requests_per_session": requests_per_session(shares)}
+
+    need = math.ceil(sessions * seconds * 1.05) + 1000
+    available = api.book(bench.book)["counts"]["available"]
+    if available < need:
+        log(f"generating {need - available:,} more codes (one per session, 5% spare)")
+        api.generate(bench.book, need - available)
+    r["book"] = {"id": bench.book, "available_at_start": max(available, need)}
+    bench.settle(trimmed=True, timeout=300)
+    bench.outbox.redis.bgrewriteaof()  # start from a compact AOF, as a long-running server would
+    while bench.outbox.redis.info("persistence")["aof_rewrite_in_progress"]:
+        time.sleep(0.1)
+    bench.quiet()
+
+    log(f"soak: {rate:,.0f} req/s ({sessions:,.0f} checkouts/s) for {args.minutes:g} min, "
+        f"a line every {args.interval:g} s")
+    meter = bench.meter()
+    assert meter is not None
+    pids = {"api": bench.stack.procs["api"].pid, "writer": bench.stack.procs["writer"].pid}
+    with Watch(api, bench.stack.redis_url, pids, interval=args.interval) as watch:
+        meter.start()
+        r["soak"] = flow(bench, mode="open", seconds=seconds, think=args.think, rate=rate,
+                         connections=max(args.connections, math.ceil(rate / 200)),
+                         tag=f"{bench.tag}soak-", progress=True)
+        r["cpu"] = meter.stop()
+        log("load stopped; waiting for the writer to catch up")
+        r["after"] = {"catch_up_s": round(bench.outbox.wait_drained(timeout=300), 2)}
+    t0 = r["soak"]["start"]["t0_monotonic"]
+    r["memory_series"] = [{**s, "t": round(s.pop("at") - t0, 2)} for s in watch.memory]
+    r["lag_series"] = [{**s, "t": round(s.pop("at") - t0, 2)} for s in watch.lag]
+    r["after"]["book_counts"] = api.book(bench.book)["counts"]
+    if args.verify:
+        r["after"]["verify"] = verify(bench)
+
+
+def flow(bench: Bench, *, mode: str, seconds: float, think: float, connections: int,
+         tag: str, rate: float = 0.0, progress: bool = False) -> dict:
+    """Runs bench/soakflow.py in its own process; its windows and totals."""
+    api = bench.api
+    host, port = api.url.removeprefix("http://").split(":")
+    spec = {"host": host, "port": int(port), "token": api.token, "book": bench.book,
+            "tag": tag, "mode": mode, "rate": rate, "seconds": seconds, "think": think,
+            "connections": connections, "interval": bench.results["settings"]["interval_s"],
+            "shares": DEFAULT_SHARES, "progress": progress}
+    spec_path, out_path = bench.tmp / f"{tag}spec.json", bench.tmp / f"{tag}out.jsonl"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.Popen([sys.executable, str(FLOW), str(spec_path), str(out_path)])
+    try:
+        code = proc.wait(timeout=seconds + 120)
+    finally:
+        if proc.poll() is None:  # an error or Ctrl-C here: stop it by its PID
+            proc.kill()
+            proc.wait()
+    lines = [json.loads(line) for line in out_path.read_text().splitlines() if line]
+    if code != 0 or not lines or "totals" not in lines[-1]:
+        raise RuntimeError(f"bench/soakflow.py exited with {code} ({len(lines)} lines written)")
+    return {"start": lines[0]["start"], "windows": lines[1:-1], "totals": lines[-1]["totals"]}
+
+
+def verify(bench: Bench) -> dict:
+    """`couponsvc verify`: every difference between Redis and Postgres, once drained."""
+    assert bench.stack is not None
+    log("comparing Redis with Postgres (couponsvc verify)")
+    started = time.monotonic()
+    done = subprocess.run([str(VENV_BIN / "couponsvc"), "verify", "--limit", "20"],
+                          env=bench.stack.env, capture_output=True, text=True, timeout=1800)
+    return {"exit": done.returncode, "seconds": round(time.monotonic() - started, 1),
+            "output": (done.stdout + done.stderr)[-3000:]}
