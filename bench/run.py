@@ -35,9 +35,13 @@ def ensure_requirements() -> None:
         import matplotlib  # noqa: F401
         import redis  # noqa: F401
     except ImportError:
-        print("installing bench/requirements.txt into the venv", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-r",
-                        str(HERE / "requirements.txt")], check=True)
+        # bench/requirements.txt is locked into requirements/dev.lock, so the
+        # project's venv gets it, hash-checked, from `make venv`.
+        if Path(sys.prefix).resolve() == (ROOT / ".venv").resolve():
+            raise SystemExit("bench/requirements.txt is not in .venv: run `make venv`") from None
+        print("bench/requirements.txt is missing here: make venv", flush=True)
+        subprocess.run(["make", "-C", str(ROOT), "venv"], check=True)
+        os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
 
 
 def ensure_tools(local: bool) -> None:
