@@ -15,6 +15,8 @@ pinned wherever they still satisfy the inputs.
                   pulumi/requirements.txt, bench/requirements.txt, build.in
     runtime.lock  [project].dependencies alone, at dev.lock's versions (the image)
     build.lock    build.in at dev.lock's versions: pip and the build backends
+    pulumi.lock   pulumi/requirements.txt at dev.lock's versions: pulumi/venv in the
+                  deploy jobs (.github/actions/pulumi-stack)
     tools.lock    tools.in: uv and pip-audit, for .tools/ (make lock, make audit)
 
 Each lock's header records a digest of its inputs: the dependency tables of
@@ -56,6 +58,7 @@ LOCKS: dict[str, list[str]] = {
     ],
     "runtime.lock": ["pyproject.toml", "--constraint", f"{LOCK_DIR}/dev.lock"],
     "build.lock": [BUILD_IN, "--constraint", f"{LOCK_DIR}/dev.lock"],
+    "pulumi.lock": ["pulumi/requirements.txt", "--constraint", f"{LOCK_DIR}/dev.lock"],
     "tools.lock": [f"{LOCK_DIR}/tools.in"],
 }
 
