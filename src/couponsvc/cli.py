@@ -87,7 +87,8 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        config = WriterConfig(batch_size=args.batch_size, claim_idle_ms=args.claim_idle_ms)
+        config = WriterConfig(batch_size=args.batch_size, claim_idle_ms=args.claim_idle_ms,
+                              parallel_batches=args.parallel_batches)
         writer = Writer(redis, pool, Keys(settings.key_prefix), config, metrics)
         try:
             if args.drain:
@@ -203,6 +204,8 @@ def parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_migrate)
     writer = commands.add_parser("writer", help="drain the outbox streams into Postgres")
     writer.add_argument("--batch-size", type=int, default=1000)
+    writer.add_argument("--parallel-batches", type=int, default=4,
+                        help="batches of one stream applied side by side while it is behind")
     writer.add_argument("--claim-idle-ms", type=int, default=10_000,
                         help="reclaim entries another writer left unacknowledged this long")
     writer.add_argument("--metrics-port", type=int, default=0,

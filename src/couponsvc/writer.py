@@ -45,6 +45,8 @@ TRANSIENT = (
 @dataclass
 class WriterConfig:
     batch_size: int = 1000
+    # Batches of one stream applied side by side while its backlog is deep.
+    parallel_batches: int = 4
     claim_idle_ms: int = 10_000  # a consumer silent this long is presumed dead
     max_attempts: int = 5  # then an event is parked in parked_events
     idle_sleep_s: float = 0.02
@@ -133,10 +135,41 @@ class Writer:
             return 0
 
     async def _drain_group(self, stream: str) -> int:
+        """Applies the next batch of a stream; while its backlog is deep, up to
+        `parallel_batches` batches at once, each in its own transaction on its
+        own connection, so that Postgres works on several while one commits.
+        Their order does not matter: every statement is idempotent and a code
+        only moves to a higher version."""
+        cfg = self.config
+        first = await self._next_entries(stream)
+        if not first:
+            return 0
+        batches = [first]
+        while len(batches) < cfg.parallel_batches and len(batches[-1]) >= cfg.batch_size:
+            more = _entries_of(await self.redis.xreadgroup(
+                GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size))
+            if not more:
+                break
+            batches.append(more)
+        self._retry_own.add(stream)  # until every batch is settled
+        outcomes = await asyncio.gather(*(self._settle(stream, entries) for entries in batches),
+                                        return_exceptions=True)
+        settled, applied = True, 0
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # only now that none is still running
+            settled &= outcome[0]
+            applied += outcome[1]
+        if settled:
+            self._retry_own.discard(stream)
+        return applied
+
+    async def _next_entries(self, stream: str) -> list[Any]:
+        """Our own unacknowledged entries after a failed attempt, else entries a
+        dead writer left (XAUTOCLAIM), else new ones."""
         cfg = self.config
         entries: list[Any] = []
         if stream in self._retry_own:
-            # Our own unacknowledged entries, after a failed attempt.
             entries = _entries_of(await self.redis.xreadgroup(
                 GROUP, cfg.consumer, {stream: "0"}, count=cfg.batch_size))
             if not entries:
@@ -148,18 +181,18 @@ class Writer:
         if not entries:
             entries = _entries_of(await self.redis.xreadgroup(
                 GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size))
+        return entries
+
+    async def _settle(self, stream: str, entries: Sequence[Any]) -> tuple[bool, int]:
+        """Applies one batch; returns whether all of it is settled (applied or
+        parked) and how many events were applied."""
         events, bad = parse_entries(stream, entries)
-        if not events and not bad:
-            return 0
-        self._retry_own.add(stream)  # until this batch is acknowledged
         if events:
             await self._apply(stream, events)
-        still_pending = False
+        settled = True
         for entry in bad:
-            still_pending |= not await self._failed(stream, entry.event, entry.problem)
-        if not still_pending:
-            self._retry_own.discard(stream)
-        return len(events)
+            settled &= await self._failed(stream, entry.event, entry.problem)
+        return settled, len(events)
 
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:

@@ -46,9 +46,10 @@ async def test_only_acknowledged_entries_are_trimmed(
     written = await ids(redis, stream)
     assert len(written) > 250  # several of Redis's stream nodes (100 entries each)
 
-    # The writer, in this process, trimming on every pass; it reclaims nothing.
-    config = WriterConfig(batch_size=150, claim_idle_ms=3_600_000, trim_interval_s=0,
-                          consumer="live-writer")
+    # The writer, in this process, trimming on every pass; it reclaims nothing,
+    # and applies one batch per pass, so the test knows where it stands.
+    config = WriterConfig(batch_size=150, parallel_batches=1, claim_idle_ms=3_600_000,
+                          trim_interval_s=0, consumer="live-writer")
     writer = Writer(redis, pool, Keys("cb"), config)
     assert await writer.step() == 150  # applies and acknowledges the first 150
     held = await redis.xreadgroup(GROUP, STALLED, {stream: ">"}, count=10)

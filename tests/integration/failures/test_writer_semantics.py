@@ -12,7 +12,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from couponsvc import db
+from couponsvc.keys import Keys
 from couponsvc.outbox import GROUP, apply_events, parse_entries
+from couponsvc.writer import Writer, WriterConfig
 
 from ..support import Api, free_port
 from .harness import (
@@ -82,6 +85,31 @@ async def test_events_applied_out_of_order_keep_the_latest_state(
     assert dict(row) == {"owner": f"user-{codes[0]}", "times_redeemed": 1, "version": 3}
     assert await differences(redis, conn, book["id"]) == []
     assert sum((await event_types(conn, book["id"])).values()) == len(entries)
+
+
+async def test_a_deep_backlog_is_applied_several_batches_at_a_time(
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection,
+        pg_url: str) -> None:
+    book, codes = await api.book_with_codes(60)
+    stream = await stream_of(redis, book["id"])
+    written = 2 + await churn(api, codes)
+    pool = await db.connect(pg_url, min_size=1, max_size=4)
+    try:
+        config = WriterConfig(batch_size=20, parallel_batches=4, consumer="deep-backlog")
+        writer = Writer(redis, pool, Keys("cb"), config)
+        # Four batches of 20 side by side, each its own transaction, all acknowledged.
+        assert await writer.step() == 80
+        assert await unacknowledged(redis, stream) == written - 80
+        while await writer.step():
+            pass
+    finally:
+        await pool.close()
+
+    assert await unacknowledged(redis, stream) == 0
+    assert (await redis.xpending(stream, GROUP))["pending"] == 0
+    assert await duplicate_events(conn) == 0
+    assert sum((await event_types(conn, book["id"])).values()) == written
+    assert await differences(redis, conn, book["id"]) == []
 
 
 async def test_two_writers_at_once_apply_every_event_once(
