@@ -28,7 +28,7 @@ suffix = tuple(wanted.split("/"))
 try:
     files = distribution(name).files or []
 except PackageNotFoundError:
-    sys.exit(f"check-deploy: {name} is not installed (pip install -e '.[dev]')")
+    sys.exit(f"check-deploy: {name} is not installed (make venv)")
 for file in files:
     if file.parts[-len(suffix):] == suffix:
         path = file.locate().resolve()
