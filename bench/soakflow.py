@@ -118,7 +118,7 @@ class Flow:
         self.in_flight = 0
         self.started = self.finished = self.failed = self.cut = 0
         self.ok_before_end = 0
-        self.reconnects = 0
+        self.reconnects = self.connect_errors = 0
         self.latency: dict[str, array[float]] = {}
         self.statuses: dict[str, int] = {}
         self.bad: dict[str, int] = {}
@@ -232,7 +232,7 @@ class Flow:
             self._replace_session(now)
         if not self.stopping or self.waiting:
             self.reconnects += 1
-            self.loop.create_task(self.connect())
+            self.loop.create_task(self.connect(retry=True))
 
     def advance(self, s: Session, now: float) -> None:
         s.step += 1
@@ -251,10 +251,21 @@ class Flow:
         if self.closed and now < self.end:
             self.start_session(now)
 
-    async def connect(self) -> None:
-        _, conn = await self.loop.create_connection(lambda: Conn(self),  # type: ignore[arg-type]
-                                                    self.spec["host"], self.spec["port"])
-        self._free(conn)
+    async def connect(self, retry: bool = False) -> None:
+        """A new connection; with `retry`, tries again every half second while
+        the load runs (the server restarting, say), counting each failure."""
+        while True:
+            try:
+                _, conn = await self.loop.create_connection(
+                    lambda: Conn(self), self.spec["host"], self.spec["port"])  # type: ignore[arg-type]
+            except OSError:
+                if not retry or self.stopping:
+                    raise
+                self.connect_errors += 1
+                await asyncio.sleep(0.5)
+                continue
+            self._free(conn)
+            return
 
     # --- windows -------------------------------------------------------------
 
@@ -326,7 +337,7 @@ class Flow:
             "statuses": self.statuses, "bad": self.bad,
             "sessions": {"started": self.started, "finished": self.finished,
                          "failed": self.failed, "cut_at_end": self.cut},
-            "reconnects": self.reconnects,
+            "reconnects": self.reconnects, "connect_errors": self.connect_errors,
             "latency_ms": percentiles_ms(list(every)),
             "by_step": {step: percentiles_ms(list(v)) | {"count": len(v)}
                         for step, v in self.latency.items()},

@@ -56,7 +56,7 @@ def summarize(results: dict) -> None:
     summary["memory"]["redis_used_memory"] = growth(mem, "redis_used_memory_mb", warmup, seconds)
     loaded = [s for s in results.get("lag_series", []) if 0 <= s["t"] <= seconds]
     ages = [s["oldest_unacked_s"] for s in loaded if not math.isnan(s["oldest_unacked_s"])]
-    backlog = [s["backlog"] for s in loaded]
+    backlog = [s["backlog"] for s in loaded if not math.isnan(s["backlog"])]
     summary["lag"] = {"samples": len(loaded),
                       "oldest_unacked_s": {"p50": _pct(ages, 50), "p99": _pct(ages, 99),
                                            "max": _pct(ages, 100)},
@@ -85,6 +85,8 @@ def _goals(results: dict) -> list[dict]:
         rows.append({"what": what, "measured": measured, "goal": goal, "verdict": verdict})
 
     s, totals = results["summary"], results.get("soak", {}).get("totals", {})
+    if "error" in results:
+        row("the run completed", f"stopped early: {results['error']}", "yes", False)
     if s["errors"] is None:
         row("errors (not 2xx, socket errors, timeouts)", "n/a", "0", None)
     else:
@@ -215,7 +217,8 @@ def markdown(results: dict, title: bool = True) -> str:
         sess = totals["sessions"]
         lines += ["", f"Checkouts: {sess['started']:,} started, {sess['finished']:,} finished, "
                       f"{sess['failed']:,} stopped by an error, {sess['cut_at_end']:,} cut off "
-                      f"when the load stopped; {totals['reconnects']} reconnections."]
+                      f"when the load stopped; {totals['reconnects']} reconnections "
+                      f"({totals.get('connect_errors', 0)} failed attempts)."]
         counts = results.get("after", {}).get("book_counts")
         if counts:
             lines.append("The book afterwards: " + ", ".join(f"{k} {v:,}" for k, v in

@@ -105,8 +105,8 @@ def _soak(bench: Bench, args: argparse.Namespace, seconds: float) -> None:
         bench.quiet()
         log(f"peak of the checkout mix: closed loop, {args.connections} connections, "
             f"{args.peak_seconds:g} s")
-        r["peak"] = flow(bench, mode="closed", seconds=args.peak_seconds, think=0.0,
-                         connections=args.connections, tag=f"{bench.tag}peak-")
+        flow(bench, "peak", mode="closed", seconds=args.peak_seconds, think=0.0,
+             connections=args.connections, tag=f"{bench.tag}peak-")
         peak = r["peak"]["totals"]
         rate = args.share * peak["ok_per_s"]
         log(f"peak: {peak['ok_per_s']:,.0f} req/s ({peak['statuses']}); the soak runs at "
@@ -134,25 +134,29 @@ def _soak(bench: Bench, args: argparse.Namespace, seconds: float) -> None:
     meter = bench.meter()
     assert meter is not None
     pids = {"api": bench.stack.procs["api"].pid, "writer": bench.stack.procs["writer"].pid}
-    with Watch(api, bench.stack.redis_url, pids, interval=args.interval) as watch:
-        meter.start()
-        r["soak"] = flow(bench, mode="open", seconds=seconds, think=args.think, rate=rate,
-                         connections=max(args.connections, math.ceil(rate / 200)),
-                         tag=f"{bench.tag}soak-", progress=True)
-        r["cpu"] = meter.stop()
-        log("load stopped; waiting for the writer to catch up")
-        r["after"] = {"catch_up_s": round(bench.outbox.wait_drained(timeout=300), 2)}
-    t0 = r["soak"]["start"]["t0_monotonic"]
-    r["memory_series"] = [{**s, "t": round(s.pop("at") - t0, 2)} for s in watch.memory]
-    r["lag_series"] = [{**s, "t": round(s.pop("at") - t0, 2)} for s in watch.lag]
+    watch = Watch(api, bench.stack.redis_url, pids, interval=args.interval)
+    try:
+        with watch:
+            meter.start()
+            flow(bench, "soak", mode="open", seconds=seconds, think=args.think, rate=rate,
+                 connections=max(args.connections, math.ceil(rate / 200)),
+                 tag=f"{bench.tag}soak-", progress=True)
+            r["cpu"] = meter.stop()
+            log("load stopped; waiting for the writer to catch up")
+            r["after"] = {"catch_up_s": round(bench.outbox.wait_drained(timeout=300), 2)}
+    finally:  # what was sampled goes into the results, also when the run broke off
+        t0 = r.get("soak", {}).get("start", {}).get("t0_monotonic", watch.started)
+        r["memory_series"] = [{**s, "t": round(s.pop("at") - t0, 2)} for s in watch.memory]
+        r["lag_series"] = [{**s, "t": round(s.pop("at") - t0, 2)} for s in watch.lag]
     r["after"]["book_counts"] = api.book(bench.book)["counts"]
     if args.verify:
         r["after"]["verify"] = verify(bench)
 
 
-def flow(bench: Bench, *, mode: str, seconds: float, think: float, connections: int,
-         tag: str, rate: float = 0.0, progress: bool = False) -> dict:
-    """Runs bench/soakflow.py in its own process; its windows and totals."""
+def flow(bench: Bench, key: str, *, mode: str, seconds: float, think: float,
+         connections: int, tag: str, rate: float = 0.0, progress: bool = False) -> None:
+    """Runs bench/soakflow.py in its own process; its start, windows and totals
+    go into results[key] (as far as it got, when it fails)."""
     api = bench.api
     host, port = api.url.removeprefix("http://").split(":")
     spec = {"host": host, "port": int(port), "token": api.token, "book": bench.book,
@@ -162,16 +166,41 @@ def flow(bench: Bench, *, mode: str, seconds: float, think: float, connections: 
     spec_path, out_path = bench.tmp / f"{tag}spec.json", bench.tmp / f"{tag}out.jsonl"
     spec_path.write_text(json.dumps(spec))
     proc = subprocess.Popen([sys.executable, str(FLOW), str(spec_path), str(out_path)])
+    deadline = time.monotonic() + seconds + 120
     try:
-        code = proc.wait(timeout=seconds + 120)
+        while (code := proc.poll()) is None:
+            _check_alive(bench)
+            if time.monotonic() > deadline:
+                raise RuntimeError("bench/soakflow.py did not finish in time")
+            time.sleep(0.5)
     finally:
         if proc.poll() is None:  # an error or Ctrl-C here: stop it by its PID
             proc.kill()
             proc.wait()
-    lines = [json.loads(line) for line in out_path.read_text().splitlines() if line]
-    if code != 0 or not lines or "totals" not in lines[-1]:
+        got: dict = {"windows": []}
+        lines = out_path.read_text().splitlines() if out_path.exists() else []
+        for line in lines:
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by the kill
+            if "t" in item:
+                got["windows"].append(item)
+            else:
+                got.update(item)  # "start", "totals"
+        bench.results[key] = got
+    if code != 0 or "totals" not in got:
         raise RuntimeError(f"bench/soakflow.py exited with {code} ({len(lines)} lines written)")
-    return {"start": lines[0]["start"], "windows": lines[1:-1], "totals": lines[-1]["totals"]}
+
+
+def _check_alive(bench: Bench) -> None:
+    """A server that exits under load (a crash, the OOM killer) ends the run."""
+    assert bench.stack is not None
+    for name in ("api", "writer", "redis", "postgres"):
+        proc = bench.stack.procs.get(name)
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} under load; its log is "
+                               f"in {bench.stack.root} (with --keep)")
 
 
 def verify(bench: Bench) -> dict:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import redis
 from service import Api, Outbox
 
 _GAUGE = re.compile(r"^couponsvc_outbox_oldest_unacked_seconds ([0-9.eE+-]+)$", re.M)
@@ -64,10 +65,12 @@ class Watch:
     pids: dict[str, int]
     interval: float = 5.0
     lag_interval: float = 0.5
+    started: float = 0.0
     memory: list[dict[str, float]] = field(default_factory=list)
     lag: list[dict[str, float]] = field(default_factory=list)
 
     def __enter__(self) -> Watch:
+        self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -101,7 +104,10 @@ class Watch:
                 sample["oldest_unacked_s"] = float(found.group(1))
         except httpx.HTTPError:
             pass
-        sample["backlog"] = outbox.backlog()
+        try:
+            sample["backlog"] = outbox.backlog()
+        except redis.RedisError:
+            sample["backlog"] = math.nan  # Redis is down: the soak's errors will say so
         return sample
 
     def _memory(self, outbox: Outbox, now: float) -> dict[str, float]:
@@ -111,7 +117,10 @@ class Watch:
             pids = tree(pid, parents)
             sample[f"{name}_rss_mb"] = round(sum(rss_kib(p) for p in pids) / 1024, 2)
             sample[f"{name}_processes"] = len([p for p in pids if rss_kib(p)])
-        info = outbox.redis.info("memory")
+        try:
+            info = outbox.redis.info("memory")
+        except redis.RedisError:
+            return sample
         sample["redis_used_memory_mb"] = round(int(info["used_memory"]) / 2**20, 2)
         sample["redis_rss_mb"] = round(int(info["used_memory_rss"]) / 2**20, 2)
         return sample
