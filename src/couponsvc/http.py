@@ -20,8 +20,11 @@ IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 
+_GOT_FLOAT = "got `float`"
+
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+_untyped = msgspec.json.Decoder()
 
 
 def json_response(body: object, status: int = 200,
@@ -65,7 +68,12 @@ def decode(body: bytes, kind: type[T]) -> T:
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
     try:
-        value: T = decoder.decode(body)
+        try:
+            value: T = decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            if _GOT_FLOAT not in str(exc):
+                raise
+            value = _decode_whole_floats(body, kind, exc)
         return value
     except msgspec.ValidationError as exc:
         message = str(exc)
@@ -77,6 +85,29 @@ def decode(body: bytes, kind: type[T]) -> T:
         raise InvalidRequest(message, field=field or None) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def _decode_whole_floats(body: bytes, kind: type[T], error: msgspec.ValidationError) -> T:
+    """JSON has one kind of number: 300.0 is the integer 300 to JSON Schema, and
+    so to the OpenAPI document. A body the typed decoder refused for a float
+    is decoded again untyped, whole floats made ints, and converted (only this
+    rare body pays for the second decode)."""
+    try:
+        value: T = msgspec.convert(_whole_numbers(_untyped.decode(body)), kind)
+    except RecursionError:  # nested deeper than the typed decoder ever looked
+        raise error from None
+    return value
+
+
+def _whole_numbers(value: Any) -> Any:
+    """The decoded JSON with every float that has no fraction made an int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    if isinstance(value, dict):
+        return {name: _whole_numbers(item) for name, item in value.items()}
+    return value
 
 
 async def json_body(
