@@ -8,8 +8,9 @@ from typing import Any
 
 import msgspec
 
-from couponsvc import __version__
+from couponsvc import __version__, schemas
 from couponsvc.errors import PROBLEM_MEDIA_TYPE, Problem
+from couponsvc.http import IDEMPOTENCY_KEY
 from couponsvc.routes import Operation
 
 REF = "#/components/schemas/{name}"
@@ -27,6 +28,12 @@ ERROR_DESCRIPTIONS = {
 }
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"},
                                 "description": "Seconds to wait before retrying"}}
+# Path parameters by name: the same rules the handlers check.
+PATH_PARAMETERS: dict[str, Any] = {
+    "code": schemas.Code,
+    "couponBookId": schemas.BookId,
+    "userId": schemas.UserId,
+}
 
 
 def build(operations: Sequence[Operation]) -> dict[str, Any]:
@@ -60,12 +67,13 @@ def build(operations: Sequence[Operation]) -> dict[str, Any]:
 
 def _operation(op: Operation, schema_of: dict[int, Any]) -> dict[str, Any]:
     parameters: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True,
+         "schema": msgspec.json.schema(PATH_PARAMETERS[name])}
         for name in re.findall(r"{(\w+)}", op.path)
     ]
     parameters += [
         {"name": name, "in": "query", "required": False, "description": description,
-         "schema": {"type": "integer" if kind is int else "string"}}
+         "schema": msgspec.json.schema(kind)}
         for name, description, kind in op.query
     ]
     if op.idempotent:
@@ -73,7 +81,7 @@ def _operation(op: Operation, schema_of: dict[int, Any]) -> dict[str, Any]:
             "name": "Idempotency-Key", "in": "header", "required": False,
             "description": "Retries with the same key and body return the first response "
                            "(kept 24 hours); the same key with another body is 409.",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY.pattern}$"},
         })
     responses: dict[str, Any] = {}
     for status, (description, kind) in op.responses.items():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+from msgspec import Meta
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,6 +31,7 @@ from couponsvc.types import Endpoint
 T = TypeVar("T")
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
+PageSize = Annotated[int, Meta(ge=1, le=MAX_PAGE)]
 REPLAYED_HEADER = "Idempotent-Replayed"
 _CODE = re.compile(schemas.CODE_PATTERN)
 _USER = re.compile(schemas.USER_PATTERN)
@@ -297,8 +299,8 @@ OPERATIONS: tuple[Operation, ...] = (
               {200: ("The user's codes; the next page is in the Link header",
                      list[schemas.Coupon])},
               (400, 401, 403, 404, 503),
-              query=(("couponBookId", "Only codes of this book", str),
-                     ("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE})", int),
+              query=(("couponBookId", "Only codes of this book", schemas.BookId),
+                     ("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE})", PageSize),
                      ("cursor", "Where the previous page ended (from its Link header)", str))),
     Operation("GET", "/healthz", healthz, "health", "Liveness: the process answers",
               "operations", None, {200: ("Alive", schemas.Health)}, auth=False),

@@ -9,9 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from couponsvc import openapi
+from couponsvc import openapi, schemas
 from couponsvc.errors import PROBLEM_MEDIA_TYPE
-from couponsvc.routes import OPERATIONS
+from couponsvc.routes import MAX_PAGE, OPERATIONS
 
 pytestmark = pytest.mark.unit
 
@@ -128,3 +128,24 @@ def test_security(document):
 def test_encoded_document_matches(document):
     assert msgspec.json.decode(openapi.encoded(OPERATIONS)) == msgspec.json.decode(
         msgspec.json.encode(document))
+
+
+
+def test_parameters_state_the_rules_the_handlers_check(document):
+    # Schema fuzzing generates parameters from these: a bare "string" made valid
+    # requests look invalid and invalid ones look valid.
+    patterns = {"code": schemas.CODE_PATTERN, "couponBookId": schemas.UUID_PATTERN,
+                "userId": schemas.USER_PATTERN}
+    for path, _, operation in operations(document):
+        for parameter in operation["parameters"]:
+            schema, name = parameter["schema"], parameter["name"]
+            if parameter["in"] == "path":
+                assert schema["pattern"] == patterns[name], (path, name)
+    listing = document["paths"]["/users/{userId}/coupons"]["get"]["parameters"]
+    query = {p["name"]: p["schema"] for p in listing if p["in"] == "query"}
+    assert query["couponBookId"]["pattern"] == schemas.UUID_PATTERN
+    assert (query["limit"]["minimum"], query["limit"]["maximum"]) == (1, MAX_PAGE)
+    redeem = document["paths"]["/coupons/redeem/{code}"]["post"]["parameters"]
+    [key] = [p["schema"]["pattern"] for p in redeem if p["name"] == "Idempotency-Key"]
+    assert re.fullmatch(key, "order-1234") and re.fullmatch(key, "!" * 255)
+    assert not any(re.fullmatch(key, bad) for bad in ("", "with space", "é", "x" * 256))
