@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -19,6 +20,8 @@ from couponsvc.store import Located, Store, ms_to_datetime, optional_datetime
 
 # Codes per add_codes call.
 ADD_CHUNK = 5000
+# Codes per stage of a bulk load (Postgres takes one while Redis takes the last).
+LOAD_CHUNK = 100_000
 # Rounds of redrawing colliding generated codes before giving up.
 GENERATE_ROUNDS = 20
 # Book numbers tried before giving up (a lost book-seq is skipped past one by one).
@@ -144,12 +147,19 @@ class Books:
                 code = str(raw)
                 seen.add(code)
                 candidates.append(code)
-        if self.records is not None:
-            claims = await self.records.claim_codes(book.id, candidates)
+        records = self.records
+
+        async def durable(chunk: Sequence[str]) -> list[str]:
+            if records is None:
+                return list(chunk)
+            claims = await records.claim_codes(book.id, chunk)
             outcome.in_other_book.extend(claims.elsewhere)
-            candidates = claims.mine
-        claimed = await self._claim(book, candidates, outcome.in_other_book)
-        await self._add(book, claimed, outcome)
+            return claims.mine
+
+        async def usable(mine: list[str]) -> None:
+            await self._add(book, await self._claim(book, mine, outcome.in_other_book), outcome)
+
+        await _pipelined(_chunks(candidates, LOAD_CHUNK), durable, usable)
         return outcome.result(book.id)
 
     async def generate(self, book_id: str, pattern: str, count: int) -> UploadResult:
@@ -160,16 +170,23 @@ class Books:
 
     async def _generate(self, book: Located, pattern: str, count: int) -> UploadResult:
         outcome = _Outcome()
+        records = self.records
+
+        async def durable_new(chunk: Sequence[str]) -> list[str]:
+            if records is None:
+                return list(chunk)
+            return list((await records.claim_codes(book.id, chunk, want_new=True)).new)
+
+        async def usable_new(new: list[str]) -> None:
+            await self._add(book, await self._claim(book, new, [], only_new=True), outcome)
+
         for _ in range(GENERATE_ROUNDS):
             need = count - len(outcome.added)
             if need == 0:
                 return outcome.result(book.id, with_codes=True)
             # Codes that collide (taken anywhere) are silently redrawn.
-            drawn = coderules.generate(pattern, need)
-            if self.records is not None:
-                drawn = list((await self.records.claim_codes(book.id, drawn)).new)
-            fresh = await self._claim(book, drawn, [], only_new=True)
-            await self._add(book, fresh, outcome)
+            await _pipelined(_chunks(coderules.generate(pattern, need), LOAD_CHUNK),
+                             durable_new, usable_new)
         raise errors.Conflict(
             f"could not find {count} unused codes for pattern {pattern!r}; use a longer pattern")
 
@@ -219,6 +236,33 @@ class Books:
                 raise errors.BookNotFound(f"no coupon book {book.id}")
             for code, flag in zip(chunk, str(reply[1]), strict=True):
                 (outcome.added if flag == "a" else outcome.duplicates).append(code)
+
+
+def _chunks(codes: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [codes[start:start + size] for start in range(0, len(codes), size)]
+
+
+async def _pipelined(chunks: Sequence[Sequence[str]],
+                     durable: Callable[[Sequence[str]], Awaitable[list[str]]],
+                     usable: Callable[[list[str]], Awaitable[None]]) -> None:
+    """Loads chunks in two stages that overlap: Postgres (`durable`, which has the
+    last word on which codes are the book's) takes chunk n+1 while Redis
+    (`usable`) takes chunk n. A bulk load then costs about the slower of the
+    two, not their sum. Each chunk reaches Redis only after Postgres has it."""
+    in_redis: asyncio.Task[None] | None = None
+    try:
+        for chunk in chunks:
+            kept = await durable(chunk)
+            if in_redis is not None:
+                await in_redis
+            in_redis = asyncio.ensure_future(usable(kept))
+        if in_redis is not None:
+            await in_redis
+    finally:
+        # On an error, let the chunk already on its way to Redis land (or fail)
+        # before answering: nothing keeps running after the request.
+        if in_redis is not None and not in_redis.done():
+            await asyncio.gather(in_redis, return_exceptions=True)
 
 
 def _book_row(book: Located, req: CreateBook) -> BookRow:

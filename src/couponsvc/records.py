@@ -36,7 +36,7 @@ class CodeClaims:
     """Where each offered code stands in Postgres after an insert."""
 
     mine: list[str]  # now this book's (new, or already this book's)
-    new: set[str]  # the subset inserted by this call
+    new: set[str]  # the subset inserted by this call (asked for with want_new)
     elsewhere: list[str]  # another book's
 
 
@@ -54,8 +54,10 @@ class Records:
             row.valid_until, row.created_at,
         )
 
-    async def claim_codes(self, book_id: str, codes: Sequence[str]) -> CodeClaims:
-        """Inserts the codes for the book; reports which are its and which another's."""
+    async def claim_codes(self, book_id: str, codes: Sequence[str],
+                          want_new: bool = False) -> CodeClaims:
+        """Inserts the codes for the book; reports which are its and which another's
+        (and, with `want_new`, which this call inserted: generation needs them)."""
         if not codes:
             return CodeClaims([], set(), [])
         async with self.pool.acquire() as conn, conn.transaction():
@@ -64,18 +66,27 @@ class Records:
             await conn.copy_records_to_table("incoming", records=((c,) for c in codes),
                                              columns=["code"])
             # In index order: each insert lands next to the previous one.
-            inserted = await conn.fetch(
-                "INSERT INTO codes (code, book_id) SELECT code, $1 FROM incoming"
-                " ORDER BY code ON CONFLICT (code) DO NOTHING RETURNING code", book_id)
-            new = {r["code"] for r in inserted}
+            insert = ("INSERT INTO codes (code, book_id) SELECT code, $1 FROM incoming"
+                      " ORDER BY code ON CONFLICT (code) DO NOTHING")
+            new: set[str] | None = None
+            if want_new:
+                new = {r["code"] for r in await conn.fetch(insert + " RETURNING code", book_id)}
+                inserted = len(new)
+            else:
+                # The count alone ("INSERT 0 N"): sending a million codes back
+                # costs seconds, and usually every code is new.
+                inserted = int((await conn.execute(insert, book_id)).rsplit(" ", 1)[1])
             existing: list[Any] = []
-            if len(new) < len(codes):
+            if inserted < len(codes):
                 existing = await conn.fetch(
                     "SELECT c.code, c.book_id::text AS book_id FROM incoming i"
                     " JOIN codes c USING (code)")
         others = {r["code"] for r in existing if r["book_id"] != book_id}
-        mine = [c for c in codes if c not in others]
-        return CodeClaims(mine, new, [c for c in codes if c in others])
+        new = new if new is not None else set()
+        if not others:
+            return CodeClaims(list(codes), new, [])
+        return CodeClaims([c for c in codes if c not in others], new,
+                          [c for c in codes if c in others])
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
