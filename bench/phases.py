@@ -27,11 +27,15 @@ class Sizes:
     drain_seconds: float = 10.0
     threads: int = 2
     connections: int = 64
+    # Flat cost and workers (scaling.py): wrk runs of this length, compared in pairs.
+    compare_seconds: float = 3.0
+    small_book_codes: int = 10_000
+    large_book_codes: int = 5_000_000
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(bulk_codes=100_000, peak_seconds=5.0, latency_seconds=5.0,
-                   drain_seconds=5.0)
+                   drain_seconds=5.0, compare_seconds=2.0, large_book_codes=1_000_000)
 
 
 @dataclass
@@ -54,9 +58,11 @@ class Bench:
     def meter(self) -> CpuMeter | None:
         if self.stack is None:
             return None
-        pids = {name: p.pid for name, p in self.stack.procs.items() if name != "postgres"}
+        procs = self.stack.procs
+        pids = {name: p.pid for name, p in procs.items() if name not in ("api", "postgres")}
         pids["bench"] = os.getpid()
-        trees = {}
+        # The API with its worker processes, when it runs several.
+        trees = {"api": procs["api"].pid} if "api" in procs else {}
         if self.stack.pg_data is not None:
             trees["postgres"] = int((self.stack.pg_data / "postmaster.pid").read_text().split()[0])
         return CpuMeter(pids, trees)
@@ -134,7 +140,11 @@ class Bench:
 
 
 def peak(bench: Bench, mode: str, *, pairs: Path | None = None, sample_lag: bool = False,
-         until_pairs_used: bool = False) -> dict:
+         until_pairs_used: bool = False, book: str | None = None,
+         seconds: float | None = None, tag: str | None = None) -> dict:
+    """wrk at full speed; random assigns draw from `book` (default the main
+    book; several ids, comma-separated, are taken in turn), for new users
+    named from `tag` (a run that reuses a book needs its own)."""
     bench.quiet()
     meter = bench.meter()
     if meter:
@@ -144,9 +154,10 @@ def peak(bench: Bench, mode: str, *, pairs: Path | None = None, sample_lag: bool
         sampler.__enter__()
     try:
         result: WrkResult = run_wrk(
-            bench.api.url, mode, bench.api.token, seconds=bench.sizes.peak_seconds,
-            threads=bench.sizes.threads, connections=bench.sizes.connections, book=bench.book,
-            pairs=pairs, tag=f"{bench.tag}{mode}-", until_pairs_used=until_pairs_used)
+            bench.api.url, mode, bench.api.token, seconds=seconds or bench.sizes.peak_seconds,
+            threads=bench.sizes.threads, connections=bench.sizes.connections,
+            book=book or bench.book,
+            pairs=pairs, tag=tag or f"{bench.tag}{mode}-", until_pairs_used=until_pairs_used)
     finally:
         if sampler:
             sampler.__exit__(None, None, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,32 @@ class Api:
                 "couponBookId": book_id, "generate": {"pattern": pattern, "count": n}}))
             codes.extend(result["codes"])
         return codes
+
+    def fill(self, book_id: str, count: int, at_once: int = 2, per_request: int = 200_000,
+             pattern: str = "############") -> dict[str, int]:
+        """Generates `count` codes into the book, `at_once` requests in flight
+        (so the API, Postgres and Redis work side by side); keeps none of the
+        codes. A 503 (Redis slow to answer under the load) is retried after its
+        Retry-After, a few times. Returns the codes added and the 503s met."""
+        retried = [0]
+
+        def one(n: int) -> int:
+            body = {"couponBookId": book_id, "generate": {"pattern": pattern, "count": n}}
+            with httpx.Client(base_url=self.url, timeout=900,
+                              headers={"Authorization": f"Bearer {self.token}"}) as http:
+                for _ in range(5):
+                    response = http.post("/coupons/codes", json=body)
+                    if response.status_code != 503:
+                        break
+                    retried[0] += 1
+                    time.sleep(float(response.headers.get("retry-after", "1")))
+                return int(self._ok(response)["added"])
+
+        sizes = [per_request] * (count // per_request) + ([count % per_request]
+                                                          if count % per_request else [])
+        with ThreadPoolExecutor(at_once) as pool:
+            added = sum(pool.map(one, sizes))
+        return {"added": added, "retried_503": retried[0]}
 
     def outbox_gauges(self) -> dict[str, float]:
         text = self.http.get("/metrics").text

@@ -1,5 +1,6 @@
 """The servers a local benchmark run starts: redis-server, PostgreSQL, and the
-service's own processes (migrate, writer, one API process).
+service's own processes (migrate, writer, one API process; restarted with
+several uvicorn workers for the workers phase).
 
 Every process is started here and stopped here by its own PID, in reverse
 order, even when a phase fails. PostgreSQL runs as the `postgres` user when
@@ -23,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
+STARTED = b"Application startup complete."  # uvicorn logs it once per worker
 
 
 def free_port() -> int:
@@ -132,9 +134,19 @@ class Stack:
         subprocess.run([str(VENV_BIN / "couponsvc"), "migrate"], env=self.env, check=True,
                        capture_output=True)
         self.start_writer()
-        self._spawn("api", [str(VENV_BIN / "couponsvc"), "serve"], env=self.env,
-                    log=self.root / "api.log")
-        _wait(lambda: _port_open(self.api_port), "couponsvc serve", proc=self.procs["api"])
+        self.start_api()
+
+    def start_api(self, workers: int = 1) -> None:
+        """`couponsvc serve` with COUPONSVC_WORKERS=workers (stopping the one
+        running); returns once every worker has started and the port answers."""
+        self.stop("api")
+        log = self.root / "api.log"
+        started = log.read_bytes().count(STARTED) if log.exists() else 0
+        self._spawn("api", [str(VENV_BIN / "couponsvc"), "serve"],
+                    env={**self.env, "COUPONSVC_WORKERS": str(workers)}, log=log)
+        _wait(lambda: log.read_bytes().count(STARTED) >= started + workers
+              and _port_open(self.api_port), f"couponsvc serve ({workers} workers)",
+              proc=self.procs["api"])
 
     def start_writer(self) -> None:
         self._spawn("writer", [str(VENV_BIN / "couponsvc"), "writer"], env=self.env,

@@ -4,7 +4,7 @@
 -- wrk -t2 -c64 -d10s -s bench/wrk/requests.lua URL -- MODE TOKEN BOOK PAIRS TAG MARKERS
 --   MODE     healthz | assign | assign_code | lock | redeem | list
 --   TOKEN    bearer token (coupons:write or admin)
---   BOOK     book id (assign)
+--   BOOK     book id (assign); several, comma-separated, are taken in turn
 --   PAIRS    file of "code user" lines (assign_code, lock, redeem, list); "-" for none
 --   TAG      prefix of the user ids made up for random assigns (unique per run)
 --   MARKERS  directory where thread N writes "sent-N" once it has sent its share
@@ -33,7 +33,8 @@ local function split(s)
   return out
 end
 
-local mode, book, tag, markers
+local mode, tag, markers
+local books = {}
 local codes, users = {}, {}
 local i, n_pairs = 0, 0
 local once = {assign_code = true, lock = true, redeem = true}
@@ -41,7 +42,8 @@ local filler
 local json_headers
 
 function init(args)
-  mode, book, tag, markers = args[1], args[3], args[5], args[6]
+  mode, tag, markers = args[1], args[5], args[6]
+  for id_ in string.gmatch(args[3], "[^,]+") do books[#books + 1] = id_ end
   -- wrk.format uses the headers it is given instead of wrk.headers (Host aside)
   wrk.headers["Authorization"] = "Bearer " .. args[2]
   json_headers = {["Authorization"] = "Bearer " .. args[2],
@@ -82,6 +84,7 @@ function request()
   end
   if mode == "assign" then
     i = i + 1
+    local book = books[(i % #books) + 1]
     return wrk.format("POST", "/coupons/assign", json_headers,
       '{"couponBookId":"' .. book .. '","userId":"' .. tag .. id .. "-" .. i .. '"}')
   end
