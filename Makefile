@@ -13,7 +13,7 @@ help:
 	@echo "make check  lint and type checks only"
 	@echo "make lock   refresh the hash-pinned locks in requirements/ (LOCK_ARGS=--upgrade: newest allowed)"
 	@echo "make audit  pip-audit the locks for known vulnerabilities"
-	@echo "make bench  start a local stack, measure it, write bench/results/ (~7 min)"
+	@echo "make bench  start a local stack, measure it, write bench/results/ (~9.5 min)"
 	@echo "make soak   the checkout mix at 80% of its peak for 10 min: errors, p99, memory, writer lag (~13 min)"
 
 # The venv comes from the locks in requirements/ alone (made by `make lock`):

@@ -47,6 +47,14 @@ def targets(results: dict) -> list[dict]:
     ratio = results.get("bulk", {}).get("ratio")
     row("bulk upload time / bare COPY", ratio, "<= 2x", None if ratio is None else ratio <= 2.0,
         "x")
+    sizes = results.get("sizes", {})
+    ratio = results.get("flat_cost", {}).get("ratio")
+    row(f"POST /coupons/assign throughput, {sizes.get('large_book_codes', 0):,}-code book / "
+        f"{sizes.get('small_book_codes', 0):,}-code books", ratio, ">= 0.9x (within 10%)",
+        None if ratio is None else ratio >= 0.9, "x")
+    ratio = results.get("workers", {}).get("assign_ratio")
+    row("POST /coupons/assign throughput, 2 API workers / 1", ratio,
+        "1 and 2 workers reported", None if ratio is None else True, "x")
     del base
     return rows
 
@@ -64,6 +72,10 @@ def markdown(results: dict) -> str:
              f"hey {m['packages']['hey']}. Target: {results['target']}.", ""]
     if "error" in results:
         lines += [f"**The run stopped early:** {results['error']}", ""]
+    if results.get("phase_seconds"):
+        lines += [f"The run took {results.get('run_seconds', '?')} s: " + ", ".join(
+            f"{name} {seconds:g} s" for name, seconds in results["phase_seconds"].items())
+            + " (the rest: set-up and clean-up).", ""]
     if results.get("notes"):
         lines += [f"- {note}" for note in results["notes"]] + [""]
     lines += ["| figure | measured | target | |", "|---|---|---|---|"]
@@ -148,6 +160,7 @@ def markdown(results: dict) -> str:
                          f"{bulk['ratio_vs_copy_like_codes']}x.")
         else:
             lines.append(f"- {bulk.get('skipped') or bulk.get('error')}")
+    lines += _flat_cost(results) + _workers(results)
     cpu = results.get("cpu", {})
     if cpu:
         lines += ["", "## CPU (cores used on average during each phase)", "",
@@ -163,6 +176,53 @@ def markdown(results: dict) -> str:
 
 _CPU_COLS = ("api", "redis", "writer", "postgres", "load generator", "bench", "other",
              "machine")
+
+
+def _flat_cost(results: dict) -> list[str]:
+    flat = results.get("flat_cost", {})
+    if not flat:
+        return []
+    lines = ["", "## Flat cost: random assigns on small books and on a large one", ""]
+    if "ratio" not in flat:
+        return lines + [f"- {flat.get('skipped') or flat.get('error')}"]
+    small, large, made = flat["small"], flat["large"], flat["generated"]
+    lines += ["| books | free codes | req/s | seconds | answers |", "|---|---|---|---|---|",
+              f"| {small['books']} books of {small['codes_per_book']:,} codes, taken in turn | "
+              f"{small['codes_per_book']:,}, at the fewest {small['fewest_free_after']:,} "
+              f"at the end | {small['rps']:,.0f} | {small['seconds']} | "
+              f"{_statuses(small['statuses'])} |",
+              f"| 1 book (the main book) | {large['free_at_start']:,} at the start | "
+              f"{large['rps']:,.0f} | {large['seconds']} | {_statuses(large['statuses'])} |",
+              "", f"- Large / small = {flat['ratio']}x (wrk runs small, large, large, small of "
+              f"{results['sizes']['compare_seconds']:g} s each)."]
+    line = (f"- Topping the main book up: {made['codes']:,} codes generated through "
+            f"POST /coupons/codes ({made['codes_per_request']:,} a request, "
+            f"{made['requests_at_once']} at once) in {made['seconds']} s "
+            f"({made['codes_per_s'] or 0:,}/s)")
+    if "redis_bytes_per_code" in made:
+        line += (f"; Redis used_memory +{made['redis_bytes'] / 2**20:,.0f} MiB "
+                 f"({made['redis_bytes_per_code']} bytes per code)")
+    return lines + [line + "."]
+
+
+def _workers(results: dict) -> list[str]:
+    found = results.get("workers", {})
+    if not found:
+        return []
+    lines = ["", "## API workers (COUPONSVC_WORKERS)", ""]
+    if "workers" not in found:
+        return lines + [f"- {found.get('skipped') or found.get('error')}"]
+    lines += ["| workers | GET /healthz req/s | POST /coupons/assign req/s | "
+              "API cores (healthz / assign) |", "|---|---|---|---|"]
+    for n, row in found["workers"].items():
+        healthz, assign = row["healthz"], row["assign"]
+        lines.append(f"| {n} | {healthz['rps']:,.0f} | {assign['rps']:,.0f} | "
+                     f"{healthz['api_cores']} / {assign['api_cores']} |")
+    return lines + ["", f"- 2 workers / 1: {found['healthz_ratio']}x on /healthz, "
+                    f"{found['assign_ratio']}x on assign. The one-worker assign is the "
+                    "flat-cost phase's large-book figure; the load generator, Redis, the "
+                    "writer and PostgreSQL share the same "
+                    f"{results['machine']['cores']} cores."]
 
 
 def _statuses(statuses: dict) -> str:

@@ -67,7 +67,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="bearer token with coupons:admin and coupons:write "
                         "(default $COUPONSVC_TOKEN); needed with --url")
     p.add_argument("--quick", action="store_true",
-                   help="100,000 codes and 5 s phases (about 4 minutes)")
+                   help="100,000 codes and 5 s phases (about 5 minutes)")
     p.add_argument("--out", default=str(HERE / "results"), help="where the results go")
     p.add_argument("--update-readme", action="store_true",
                    help="copy the figures into bench/README.md")

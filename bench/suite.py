@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import bulk
 import report
+import scaling
 from machine import describe
 from phases import QUIET_BUDGET, Bench, Sizes, drain, fixed_rate, hey_check, peak
 from service import Api, Outbox
@@ -26,6 +27,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def run_suite(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     sizes = Sizes.quick() if args.quick else Sizes()
     out = Path(args.out)
     tmp = out / "tmp" / time.strftime("%Y%m%d-%H%M%S")
@@ -42,7 +44,8 @@ def run_suite(args: argparse.Namespace) -> int:
             stack.start_service()
             api = Api(stack.api_url, stack.token())
             outbox = Outbox(stack.redis_url)
-            results["target"] = "a local stack started by bench/run.py (one API process)"
+            results["target"] = ("a local stack started by bench/run.py (one API process; "
+                                 "two workers in the workers phase)")
         else:
             api = Api(args.url, args.token)
             results["target"] = args.url
@@ -67,6 +70,7 @@ def run_suite(args: argparse.Namespace) -> int:
                 tmp.parent.rmdir()  # bench/results/tmp, when nothing else is kept there
     results.setdefault("machine", describe())
     results.setdefault("target", args.url or "local")
+    results["run_seconds"] = round(time.monotonic() - started)
     results["targets"] = report.targets(results)
     report.write_json(results, out / "latest.json")
     md = report.markdown(results)
@@ -105,10 +109,22 @@ def _ensure_free(bench: Bench, need: int) -> None:
 
 def _phases(bench: Bench) -> None:
     r = bench.results
+    timings: dict[str, float] = {}
+    r["phase_seconds"] = timings
+    clock = [time.monotonic()]
+
+    def lap(name: str) -> None:
+        now = time.monotonic()
+        timings[name] = round(now - clock[0], 1)
+        clock[0] = now
+
     _load(bench)
+    lap("load")
     bench.pool_book = bench.api.create_book(f"{bench.tag}pool")["id"]
     base, pools = _peaks(bench)
+    lap("peaks")
     _latency(bench, base, pools)
+    lap("latency")
     if bench.stack is not None:  # it stops and restarts the writer: local only
         _ensure_free(bench, math.ceil(base * bench.sizes.drain_seconds * 1.2))
         r["writer"]["drain"] = drain(bench)
@@ -116,6 +132,20 @@ def _phases(bench: Bench) -> None:
             r["cpu"]["writer drain"] = r["writer"]["drain"].pop("cpu_cores")
     else:
         r["writer"]["drain"] = {"skipped": "needs control of the writer (local run only)"}
+    lap("drain")
+    r["flat_cost"] = scaling.flat_cost(bench)
+    lap("flat cost")
+    r["workers"] = scaling.workers(bench, r["flat_cost"]["large"])
+    lap("workers")
+    for kind in ("small", "large"):
+        if "cpu_cores" in r["flat_cost"][kind]:
+            r["cpu"][f"flat cost, {kind} book{'s' if kind == 'small' else ''}"] = \
+                r["flat_cost"][kind].pop("cpu_cores")
+    for label, used in r["workers"].pop("cpu_cores", {}).items():
+        r["cpu"][label] = used
+    if bench.stack is None:
+        r["notes"].append("Against --url: the workers comparison is skipped (it restarts the "
+                          "API with COUPONSVC_WORKERS=2).")
     r["waited_for_quiet_s"] = round(QUIET_BUDGET - bench.quiet_budget, 1)
     other = max((v.get("other", 0) for v in r["cpu"].values()), default=0)
     if other > 0.2:
