@@ -8,10 +8,11 @@ from typing import Any
 
 import msgspec
 
-from couponsvc import __version__, schemas
+from couponsvc import __version__
 from couponsvc.errors import PROBLEM_MEDIA_TYPE, Problem
 from couponsvc.http import IDEMPOTENCY_KEY
 from couponsvc.routes import Operation
+from couponsvc.schemas import BookId, Code, UserId
 
 REF = "#/components/schemas/{name}"
 ERROR_DESCRIPTIONS = {
@@ -29,10 +30,54 @@ ERROR_DESCRIPTIONS = {
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"},
                                 "description": "Seconds to wait before retrying"}}
 # Path parameters by name: the same rules the handlers check.
-PATH_PARAMETERS: dict[str, Any] = {
-    "code": schemas.Code,
-    "couponBookId": schemas.BookId,
-    "userId": schemas.UserId,
+PATH_PARAMETERS: dict[str, Any] = {"code": Code, "couponBookId": BookId, "userId": UserId}
+
+
+def _link(operation_id: str, code: str | None = None, **body: str) -> dict[str, Any]:
+    """A link to `operation_id`: `code` feeds its {code} path parameter, `body`
+    the named fields of its request body (runtime expressions inside the body
+    object, as schemathesis reads them; the other fields are the caller's)."""
+    link: dict[str, Any] = {"operationId": operation_id}
+    if code is not None:
+        link["parameters"] = {"path.code": code}
+    if body:
+        link["requestBody"] = body
+    return link
+
+
+_BOOK = {"couponBookId": "$response.body#/id"}
+_CODE = "$response.body#/code"
+_OWNER = "$response.body#/assignedTo"
+# From an answer that names a code and its owner.
+_CODE_LINKS = {
+    "LockIt": _link("lockCoupon", _CODE, userId=_OWNER),
+    "RedeemIt": _link("redeemCoupon", _CODE, userId=_OWNER),
+    "ListTheOwnersCodes": {"operationId": "getUserCoupons",
+                           "parameters": {"path.userId": _OWNER}},
+}
+# OpenAPI links by operation and status: how one answer feeds the next request.
+LINKS: dict[tuple[str, int], dict[str, dict[str, Any]]] = {
+    ("createCouponBook", 201): {
+        "ReadTheBook": {"operationId": "getCouponBook",
+                        "parameters": {"path.couponBookId": "$response.body#/id"}},
+        "AddCodes": _link("uploadCouponCodes", **_BOOK),
+        "AssignFromTheBook": _link("assignRandomCoupon", **_BOOK),
+    },
+    ("uploadCouponCodes", 200): {
+        "AssignFromTheBook": _link("assignRandomCoupon",
+                                   couponBookId="$response.body#/couponBookId"),
+        "AssignAGeneratedCode": _link("assignSpecificCoupon", "$response.body#/codes/0"),
+    },
+    ("assignRandomCoupon", 200): _CODE_LINKS,
+    ("assignSpecificCoupon", 200): _CODE_LINKS,
+    ("lockCoupon", 200): {
+        "RedeemWithTheLock": _link("redeemCoupon", _CODE, userId=_OWNER,
+                                   lockToken="$response.body#/lockToken"),
+        "Unlock": _link("unlockCoupon", _CODE, userId=_OWNER,
+                        lockToken="$response.body#/lockToken"),
+    },
+    ("unlockCoupon", 200): _CODE_LINKS,
+    ("redeemCoupon", 200): _CODE_LINKS,
 }
 
 
@@ -88,6 +133,9 @@ def _operation(op: Operation, schema_of: dict[int, Any]) -> dict[str, Any]:
         response: dict[str, Any] = {"description": description}
         if kind is not None:
             response["content"] = {"application/json": {"schema": schema_of[id(kind)]}}
+        links = LINKS.get((op.operation_id, status))
+        if links is not None:
+            response["links"] = links
         responses[str(status)] = response
     problem = {PROBLEM_MEDIA_TYPE: {"schema": schema_of[id(Problem)]}}
     for status in op.errors:

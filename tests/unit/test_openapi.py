@@ -149,3 +149,31 @@ def test_parameters_state_the_rules_the_handlers_check(document):
     [key] = [p["schema"]["pattern"] for p in redeem if p["name"] == "Idempotency-Key"]
     assert re.fullmatch(key, "order-1234") and re.fullmatch(key, "!" * 255)
     assert not any(re.fullmatch(key, bad) for bad in ("", "with space", "é", "x" * 256))
+
+
+def test_links_name_real_operations_parameters_and_fields(document):
+    # Links drive the stateful schema fuzzing (create a book, assign, lock, redeem...).
+    schemas_ = document["components"]["schemas"]
+    by_id = {operation["operationId"]: operation for _, _, operation in operations(document)}
+    found = 0
+    for _, _, operation in operations(document):
+        for response in operation["responses"].values():
+            produced = schemas_[REF.fullmatch(response["content"]["application/json"]["schema"]
+                                              ["$ref"]).group(1)] if "links" in response else {}
+            for link in response.get("links", {}).values():
+                found += 1
+                target = by_id[link["operationId"]]
+                expressions = dict(link.get("parameters", {}))
+                for parameter in link.get("parameters", {}):
+                    where, name = parameter.split(".")
+                    assert any(p["in"] == where and p["name"] == name
+                               for p in target["parameters"]), (link, parameter)
+                if "requestBody" in link:
+                    body_ref = target["requestBody"]["content"]["application/json"]["schema"]
+                    accepted = schemas_[REF.fullmatch(body_ref["$ref"]).group(1)]["properties"]
+                    assert set(link["requestBody"]) <= set(accepted), link
+                    expressions.update(link["requestBody"])
+                for expression in expressions.values():
+                    field = re.fullmatch(r"\$response\.body#/(\w+)(/\d+)?", expression)
+                    assert field and field.group(1) in produced["properties"], expression
+    assert found >= 10
