@@ -191,7 +191,8 @@ def _flat_cost(results: dict) -> list[str]:
               f"{small['codes_per_book']:,}, at the fewest {small['fewest_free_after']:,} "
               f"at the end | {small['rps']:,.0f} | {small['seconds']} | "
               f"{_statuses(small['statuses'])} |",
-              f"| 1 book (the main book) | {large['free_at_start']:,} at the start | "
+              f"| 1 book of {large['codes']:,} codes (the main book) | "
+              f"{large['free_at_start']:,} at the start | "
               f"{large['rps']:,.0f} | {large['seconds']} | {_statuses(large['statuses'])} |",
               "", f"- Large / small = {flat['ratio']}x (wrk runs small, large, large, small of "
               f"{results['sizes']['compare_seconds']:g} s each)."]
