@@ -121,7 +121,10 @@ def create_app(settings: Settings) -> Starlette:
             if pool is not None:
                 await pool.close()
 
-    routes = [Route(op.path, op.endpoint, methods=[op.method]) for op in OPERATIONS]
+    # Fixed paths first: /coupons/codes must not be taken for /coupons/{couponBookId}
+    # when its method is wrong (the 405 lists the fixed path's methods in Allow).
+    fixed_first = sorted(OPERATIONS, key=lambda op: "{" in op.path)
+    routes = [Route(op.path, op.endpoint, methods=[op.method]) for op in fixed_first]
     routes.append(Route("/openapi.json", openapi_endpoint, methods=["GET"]))
     routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     return Starlette(

@@ -58,6 +58,16 @@ async def test_wrong_method_is_a_405_problem(api: Api, method: str, path: str) -
     assert_problem(response, 405, "method-not-allowed")
 
 
+@pytest.mark.parametrize("path", ["/coupons/codes", "/coupons/assign"])
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS"])
+async def test_a_405_allows_the_methods_of_its_own_path(api: Api, method: str, path: str) -> None:
+    # Schema fuzzing found these answered for GET /coupons/{couponBookId}: Allow: GET, HEAD.
+    response = await api.client.request(method, path, headers=bearer(api.server.admin))
+
+    assert_problem(response, 405, "method-not-allowed")
+    assert response.headers["allow"] == "POST"
+
+
 async def test_one_of_every_kind_of_error_is_a_clean_problem(api: Api) -> None:
     """A walk through the error statuses a client can meet, checking each body."""
     book, code, owner = await api.owned_code(maxPerUser=1)
