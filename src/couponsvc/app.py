@@ -121,16 +121,16 @@ def create_app(settings: Settings) -> Starlette:
             if pool is not None:
                 await pool.close()
 
-    # Fixed paths first: /coupons/codes must not be taken for /coupons/{couponBookId}
-    # when its method is wrong (the 405 lists the fixed path's methods in Allow).
-    fixed_first = sorted(OPERATIONS, key=lambda op: "{" in op.path)
-    routes = [Route(op.path, op.endpoint, methods=[op.method]) for op in fixed_first]
+    routes = [Route(op.route_path, op.endpoint, methods=[op.method]) for op in OPERATIONS]
     routes.append(Route("/openapi.json", openapi_endpoint, methods=["GET"]))
     routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    # Metrics label requests by the documented path template.
+    templates = {route.endpoint: route.path for route in routes}
+    templates.update({op.endpoint: op.path for op in OPERATIONS})
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
         middleware=[Middleware(TimingMiddleware, metrics=metrics,
-                               templates={route.endpoint: route.path for route in routes})],
+                               templates=templates)],
     )

@@ -74,9 +74,7 @@ async def create_book(request: Request) -> Response:
 
 async def get_book(request: Request) -> Response:
     _principal(request).require_admin()
-    book_id: str = request.path_params["couponBookId"]
-    if not _UUID.fullmatch(book_id):
-        raise errors.BookNotFound(f"no coupon book {book_id}")
+    book_id = str(request.path_params["couponBookId"])  # a UUID (route_path), lower case
     return json_response(await _services(request).books.get(book_id))
 
 
@@ -260,6 +258,13 @@ class Operation:
     query: tuple[tuple[str, str, type[Any]], ...] = ()
     # Also accepts a text/plain body (one item per line); described in OpenAPI.
     text_body: str | None = None
+
+    @property
+    def route_path(self) -> str:
+        """The path as the router matches it: a book id only matches a UUID, so
+        /coupons/codes is never read as GET /coupons/{couponBookId} (a wrong
+        method there is a 405 that allows POST, not an unknown book)."""
+        return self.path.replace("{couponBookId}", "{couponBookId:uuid}")
 
 
 _WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 415, 503)

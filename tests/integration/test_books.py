@@ -182,7 +182,17 @@ async def test_unknown_book_is_404(api: Api) -> None:
 async def test_book_id_that_is_not_a_uuid_is_404(api: Api) -> None:
     response = await api.get("/coupons/not-a-book")
 
-    assert_problem(response, 404, "book-not-found")
+    # No route takes it: a book id is a UUID (so GET /coupons/codes is a 405).
+    assert_problem(response, 404, "not-found")
+
+
+async def test_a_book_id_in_upper_case_is_the_same_book(api: Api) -> None:
+    book = await api.create_book()
+
+    response = await api.get(f"/coupons/{book['id'].upper()}")
+
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == book["id"]
 
 
 @pytest.mark.parametrize("who", ["writer", "end-user"])
