@@ -216,10 +216,16 @@ class Stack:
 
 
 @contextmanager
-def running_stack(directory: Path, **extra_env: str) -> Iterator[Stack]:
+def running_stack(directory: Path, secret: str | None = None,
+                  **extra_env: str) -> Iterator[Stack]:
+    """A redis-server and an API; the API checks tokens against `secret` when
+    given (so tokens can be made before it starts)."""
     redis = RedisServer(directory / "redis").start()
     try:
-        api = ApiServer(redis.url, directory, extra_env).start()
+        api = ApiServer(redis.url, directory, extra_env)
+        if secret is not None:
+            api.secret = secret
+        api.start()
         try:
             yield Stack(redis, api)
         finally:
