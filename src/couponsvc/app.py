@@ -34,6 +34,9 @@ from couponsvc.store import Store
 
 log = logging.getLogger("couponsvc")
 
+# How long a bulk load waits for Redis to answer before giving up (503).
+BULK_TIMEOUT_SECONDS = 30.0
+
 
 class State(TypedDict):
     services: Services
@@ -82,6 +85,7 @@ def create_app(settings: Settings) -> Starlette:
         if pool is None:
             log.warning("no COUPONSVC_DATABASE_URL: running without a durable record")
         guard = AbuseGuard(settings, redis) if settings.rate_limits else None
+        owned: list[RespPipeline] = []  # closed on the way out
         try:
             # The RESP client speaks to one node; a cluster uses redis-py pipelines,
             # which route each command to its slot's node.
@@ -91,7 +95,12 @@ def create_app(settings: Settings) -> Starlette:
             pipe: CommandPipe = RespPipeline(settings.redis_url, settings.redis_timeout_seconds,
                                              replicas=replicas) if resp \
                 else Coalescer(redis, replicas=replicas)
-            scripts = Scripts(redis, pipe)
+            # Bulk loads on a connection of their own, patient with a Redis busy
+            # writing its AOF under a million-code load.
+            bulk = RespPipeline(settings.redis_url, BULK_TIMEOUT_SECONDS,
+                                replicas=replicas) if resp else None
+            owned += [p for p in (pipe, bulk) if isinstance(p, RespPipeline)]
+            scripts = Scripts(redis, pipe, bulk)
             try:
                 await scripts.load()
             except RedisError as exc:
@@ -115,8 +124,8 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             if guard is not None:
                 await guard.aclose()
-            if isinstance(pipe, RespPipeline):
-                await pipe.aclose()
+            for own in owned:
+                await own.aclose()
             await redis.aclose()
             if pool is not None:
                 await pool.close()

@@ -62,34 +62,43 @@ class Scripts:
 
     Calls go through the auto-pipelining `Coalescer`; a NOSCRIPT reply (a
     restarted or failed-over Redis) reloads the script and retries once.
+    Bulk loads (`run_many`) may use a pipe of their own (`bulk`): their
+    hundreds of calls then do not queue in front of checkout commands, and it
+    can wait longer for a reply than the checkout path does.
     """
 
-    def __init__(self, redis: Redis, coalescer: CommandPipe | None = None) -> None:
+    def __init__(self, redis: Redis, coalescer: CommandPipe | None = None,
+                 bulk: CommandPipe | None = None) -> None:
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(source(name)) for name in NAMES
         }
         self._redis = redis
         self.coalescer: CommandPipe = coalescer or Coalescer(redis)
+        self.bulk: CommandPipe = bulk or self.coalescer
 
     async def load(self) -> None:
         """Registers every script with the server (start-up, not the hot path)."""
         for script in self._scripts.values():
             script.sha = await self._redis.script_load(script.script)
 
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> ScriptReply:
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = (),
+                  pipe: CommandPipe | None = None) -> ScriptReply:
         script = self._scripts[name]
         durable = name in MUTATING
+        pipe = pipe or self.coalescer
         try:
-            reply: ScriptReply = await self.coalescer.execute(
+            reply: ScriptReply = await pipe.execute(
                 "EVALSHA", script.sha, len(keys), *keys, *args, durable=durable)
         except NoScriptError:
             script.sha = await self._redis.script_load(script.script)
-            reply = await self.coalescer.execute(
+            reply = await pipe.execute(
                 "EVALSHA", script.sha, len(keys), *keys, *args, durable=durable)
         return reply
 
     async def run_many(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
     ) -> list[Any]:
-        """Runs one script many times, pipelined (bulk loads); replies in call order."""
-        return list(await asyncio.gather(*(self.run(name, keys, args) for keys, args in calls)))
+        """Runs one script many times, pipelined on the bulk pipe (bulk loads);
+        replies in call order."""
+        return list(await asyncio.gather(
+            *(self.run(name, keys, args, self.bulk) for keys, args in calls)))

@@ -111,3 +111,29 @@ async def test_books_made_after_redis_restarts_empty_keep_their_own_id(
 
     assert response.status_code == 200, response.text
     assert response.json()["couponBookId"] == book["id"]
+
+
+async def test_a_bulk_load_outlasts_a_stall_the_checkout_path_gives_up_on(
+        own_stack: Stack) -> None:
+    """Bulk loads have a connection of their own that waits up to 30 s for
+    Redis (checkout commands: 2 s). A 3 s stall fails a checkout fast and lets
+    the upload finish."""
+    async with http_client(own_stack.api.base_url, timeout=30.0) as client:
+        api = Api(client, own_stack.api)
+        book, _ = await api.book_with_codes(1)  # the book's number is now cached
+        codes = [new_code() for _ in range(20_000)]
+        upload = asyncio.create_task(api.post(
+            "/coupons/codes", {"couponBookId": book["id"], "codes": codes},
+            token=api.server.admin))
+        await asyncio.sleep(0.05)
+        own_stack.redis.pause()
+        try:
+            started = time.monotonic()
+            assert_unavailable(await api.assign(book["id"], new_user()))
+            assert time.monotonic() - started < HANG_SECONDS
+            await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
+        finally:
+            own_stack.redis.resume()
+        response = await upload
+    assert response.status_code == 200, response.text
+    assert response.json()["added"] == len(codes)

@@ -25,9 +25,10 @@ class RecordingScripts(Scripts):
         super().__init__(redis)
         self.calls: list[tuple[str, tuple[str, ...]]] = []
 
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = (),
+                  pipe: Any = None) -> Any:
         self.calls.append((name, tuple(keys)))
-        return await super().run(name, keys, args)
+        return await super().run(name, keys, args, pipe)
 
     async def run_many(self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
                        ) -> list[Any]:
