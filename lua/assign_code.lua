@@ -21,7 +21,11 @@ local now = now_ms()
 if outside_window(m[2], m[3], now) then return {'book_not_active'} end
 local limit = redeem_limit(m[5], m[6])
 if a then
-  return reply('ok', code_view(m[1], code, a, locked_until(KEYS[5], code, now), limit))
+  -- Already this user's: the same answer, no change. It is a success, so a
+  -- retry with the same Idempotency-Key replays it like any other.
+  local result = reply('ok', code_view(m[1], code, a, locked_until(KEYS[5], code, now), limit))
+  idem_store(KEYS[7], ARGV[4], ARGV[5], result)
+  return result
 end
 local cap = tonumber(m[4])
 if cap and redis.call('ZCARD', KEYS[4]) >= cap then return {'user_limit_reached', cap} end

@@ -83,6 +83,23 @@ async def test_assign_code_retry_replays(make_book, coupons, writer, redis, even
     assert await redis.sismember("cb:{book:1}:free", "C4")
 
 
+async def test_assign_code_retry_replays_the_answer_to_its_owner(make_book, coupons, writer,
+                                                                   events):
+    # The code was already bob's when the keyed request came: that answer is a
+    # success too, so a retry replays it, even after the code has changed.
+    book = await make_book(CODES)
+    await coupons.assign_code(writer, "C2", "bob", None, None)
+    idem = Idempotency("checkout", "k", "fp")
+
+    first = await coupons.assign_code(writer, "C2", "bob", None, idem)
+    await coupons.lock(writer, "C2", "bob", None)
+    again = await coupons.assign_code(writer, "C2", "bob", None, idem)
+
+    assert (first.replayed, again.replayed) == (False, True)
+    assert again.coupon == first.coupon and not first.coupon.locked
+    assert sum(e["type"] == "assigned" for e in await events(book.id)) == 1
+
+
 async def test_redeem_retry_replays_and_does_not_redeem_twice(make_book, coupons, writer, redis,
                                                                events):
     # Unlimited redemptions: a retry that was not recognised would redeem again.
