@@ -45,7 +45,8 @@ class CouponMachine(RuleBasedStateMachine):
         self.keys = Keys(self.driver.prefix)
         self.outbox = EventLog(self.redis, self.keys)
         self.run = uuid.uuid4().hex[:8].upper()  # in every name this run makes
-        self.users = [f"u{i}-{self.run}" for i in range(3)]
+        # User ids with the punctuation they may hold (also in keys and URL paths).
+        self.users = [f"u0-{self.run}", f"u1.{self.run}@mail", f"u2:{self.run}+x"]
         self.model = CouponModel()
         self.serial = 0
         # The last request sent with an Idempotency-Key, to send it again.
@@ -165,9 +166,10 @@ class CouponMachine(RuleBasedStateMachine):
                     "invalid": list(draw.INVALID_CODES)}.get(item)
             if pool:
                 codes.append(pool[index % len(pool)])
-            else:
+            else:  # upper and lower case, '-' and '_': listings sort them byte-wise
                 self.serial += 1
-                codes.append(f"C{self.run}-{self.serial}")
+                codes.append(f"C{self.run}-{self.serial}" if self.serial % 2 else
+                             f"c_{self.run.lower()}_{self.serial}")
         result = self.driver.upload(book_id, codes)
         expected = self.model.upload(book_id, codes, set(codes) - set(draw.INVALID_CODES))
         if result.problem is None:  # the refused lists are compared in any order
