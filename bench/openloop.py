@@ -48,6 +48,11 @@ class Conn(asyncio.Protocol):
         self.transport.write(request)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            # Unasked for (say a server's 408 before it closes an idle
+            # connection): no request of ours is waiting for it.
+            self.buf.clear()
+            return
         self.buf += data
         if self.need < 0:
             head_end = self.buf.find(b"\r\n\r\n")
@@ -74,9 +79,11 @@ class Conn(asyncio.Protocol):
 class Client:
     keep_bodies = False  # a client that reads answers (bench/soakflow.py) sets it
 
-    def __init__(self, requests: list[bytes], rate: float) -> None:
+    def __init__(self, requests: list[bytes], rate: float,
+                 address: tuple[str, int] | None = None) -> None:
         self.requests = requests
         self.rate = rate
+        self.address = address  # where to open a connection that replaces a lost one
         self.idle: list[Conn] = []
         self.waiting: deque[tuple[int, float]] = deque()
         self.latency: list[float] = []
@@ -113,13 +120,30 @@ class Client:
             self.finished.set_result(None)
 
     def lost(self, conn: Conn) -> None:
-        if conn in self.idle:
-            self.idle.remove(conn)
+        self.idle = [c for c in self.idle if c is not conn]
         if conn.busy:
+            conn.busy = False
             self.errors += 1
             self.completed += 1
             if self.completed >= len(self.requests) and not self.finished.done():
                 self.finished.set_result(None)
+        if self.address is not None and not self.finished.done():
+            # The server closed it (an idle connection's deadline, a restart):
+            # keep the pool its size.
+            asyncio.get_running_loop().create_task(self._replace())
+
+    async def _replace(self) -> None:
+        assert self.address is not None
+        try:
+            _, conn = await asyncio.get_running_loop().create_connection(
+                lambda: Conn(self), *self.address)
+        except OSError:
+            return
+        if self.waiting:
+            index, due = self.waiting.popleft()
+            conn.send(self.requests[index], due)
+        else:
+            self.idle.append(conn)
 
 
 async def run(spec: dict) -> dict:
@@ -127,7 +151,7 @@ async def run(spec: dict) -> dict:
     rate, seconds = float(spec["rate"]), float(spec["seconds"])
     total = min(int(rate * seconds), len([ln for ln in lines if ln]))
     requests = [base64.b64decode(ln) for ln in lines[:total]]
-    client = Client(requests, rate)
+    client = Client(requests, rate, (spec["host"], spec["port"]))
     loop = asyncio.get_running_loop()
     for _ in range(int(spec.get("connections", 64))):
         _, conn = await loop.create_connection(lambda: Conn(client), spec["host"], spec["port"])

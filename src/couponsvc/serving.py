@@ -6,8 +6,10 @@ connection and a request slot for as long as it likes (slowloris). This
 protocol gives each request a deadline for its head, counted from the
 connection opening or the first byte of the request, then one for its body,
 counted from the end of the head. A request that misses one gets
-408 problem+json and the connection is closed. One timer per request, no work
-per byte: the hot path does not pay for it.
+408 problem+json and the connection is closed; a connection on which no
+request has begun is closed without an answer (there is nobody to answer, and
+a client's pooled connection must not find an unasked-for response). One timer
+per request, no work per byte: the hot path does not pay for it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     """`http=DeadlineHttpToolsProtocol` in uvicorn's options (see cli.py)."""
 
     _deadline: asyncio.TimerHandle | None = None
+    _receiving = False  # a request has begun and not yet fully arrived
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -41,6 +44,7 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._receiving = True
         if self._deadline is None:  # the next request on a kept-alive connection
             self._arm(_deadlines()[0], "the request head")
 
@@ -49,6 +53,7 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._arm(_deadlines()[1], "the request body")
 
     def on_message_complete(self) -> None:
+        self._receiving = False
         self._disarm()
         super().on_message_complete()
 
@@ -69,7 +74,8 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        if self.cycle is None or not self.cycle.response_started:
+        answered = self.cycle is not None and self.cycle.response_started
+        if self._receiving and not answered:
             self.transport.write(_timeout_response(f"{what} did not arrive within {seconds:g} s"))
         # The handler waiting for the body sees a disconnect and stops.
         self.transport.close()

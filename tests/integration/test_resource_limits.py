@@ -75,10 +75,12 @@ def assert_timed_out(raw: bytes) -> None:
     assert_problem(response, 408, "request-timeout")
 
 
-def test_a_connection_that_sends_nothing_is_closed(limited_stack: Stack) -> None:
+def test_a_connection_that_sends_nothing_is_closed_without_an_answer(
+        limited_stack: Stack) -> None:
+    """As an idle kept-alive connection is: no request began, nobody to answer."""
     with connect(limited_stack) as sock:
         started = time.monotonic()
-        assert_timed_out(read_until_closed(sock))
+        assert read_until_closed(sock) == b""
     assert time.monotonic() - started >= HEAD_SECONDS * 0.9
 
 
@@ -110,7 +112,7 @@ async def test_the_server_keeps_serving_after_cutting_off_slow_clients(
     slow = [connect(limited_stack) for _ in range(20)]
     try:
         for sock in slow:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
         response = await api.client.get("/healthz")
         assert response.status_code == 200
         for sock in slow:
