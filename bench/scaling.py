@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from phases import Bench, peak
+from service import rewrite_aof
 
 AT_ONCE = 2  # generate requests in flight while topping the main book up
 
@@ -72,9 +73,7 @@ def _top_up(bench: Bench, target: int) -> dict:
         grown = bench.memory() - before
         out |= {"redis_bytes": grown, "redis_bytes_per_code": round(grown / max(1, added), 1),
                 "aof_auto_rewrite": "held off during the load; one rewrite after it"}
-        redis.bgrewriteaof()
-        while redis.info("persistence")["aof_rewrite_in_progress"]:
-            time.sleep(0.1)
+        rewrite_aof(redis)
     bench.log(f"generated {added:,} codes in {seconds:.1f} s")
     return out
 

@@ -90,6 +90,23 @@ class Api:
         return {name: float(value) for name, value in _GAUGE.findall(text)}
 
 
+def rewrite_aof(redis: redis_sync.Redis) -> None:
+    """Compacts the AOF now and waits until it is done, so that no automatic
+    rewrite lands in a measured phase. One already running (Redis starts one
+    by itself as the file grows) is waited for first."""
+    while True:
+        while redis.info("persistence")["aof_rewrite_in_progress"]:
+            time.sleep(0.1)
+        try:
+            redis.bgrewriteaof()
+            break
+        except redis_sync.ResponseError as exc:
+            if "already in progress" not in str(exc):
+                raise
+    while redis.info("persistence")["aof_rewrite_in_progress"]:
+        time.sleep(0.1)
+
+
 def write_pairs(path: Path, codes: list[str], user_prefix: str) -> list[tuple[str, str]]:
     pairs = [(code, f"{user_prefix}{i}") for i, code in enumerate(codes)]
     path.write_text("".join(f"{c} {u}\n" for c, u in pairs))

@@ -21,7 +21,7 @@ from pathlib import Path
 import soakreport
 from machine import describe
 from phases import Bench, Sizes
-from service import Api, Outbox
+from service import Api, Outbox, rewrite_aof
 from soakflow import DEFAULT_SHARES, requests_per_session
 from soakwatch import Watch
 from stack import VENV_BIN, Stack
@@ -124,9 +124,7 @@ def _soak(bench: Bench, args: argparse.Namespace, seconds: float) -> None:
         api.generate(bench.book, need - available)
     r["book"] = {"id": bench.book, "available_at_start": max(available, need)}
     bench.settle(trimmed=True, timeout=300)
-    bench.outbox.redis.bgrewriteaof()  # start from a compact AOF, as a long-running server would
-    while bench.outbox.redis.info("persistence")["aof_rewrite_in_progress"]:
-        time.sleep(0.1)
+    rewrite_aof(bench.outbox.redis)  # start from a compact AOF, as a long-running server would
     bench.quiet()
 
     log(f"soak: {rate:,.0f} req/s ({sessions:,.0f} checkouts/s) for {args.minutes:g} min, "

@@ -19,7 +19,7 @@ import report
 import scaling
 from machine import describe
 from phases import QUIET_BUDGET, Bench, Sizes, drain, fixed_rate, hey_check, peak
-from service import Api, Outbox
+from service import Api, Outbox, rewrite_aof
 from stack import Stack
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -159,9 +159,7 @@ def _load(bench: Bench) -> None:
     if bench.stack is not None:
         r["bulk"], r["memory"] = bulk.load(bench)
         assert bench.outbox is not None
-        bench.outbox.redis.bgrewriteaof()  # so no AOF rewrite lands in a measured phase
-        while bench.outbox.redis.info("persistence")["aof_rewrite_in_progress"]:
-            time.sleep(0.1)
+        rewrite_aof(bench.outbox.redis)
         return
     bench.book = bench.api.create_book(f"{bench.tag}main")["id"]
     bench.api.generate(bench.book, 100_000)
