@@ -88,7 +88,8 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         config = WriterConfig(batch_size=args.batch_size, claim_idle_ms=args.claim_idle_ms,
-                              parallel_batches=args.parallel_batches)
+                              parallel_batches=args.parallel_batches,
+                              linger_s=args.linger_ms / 1000)
         writer = Writer(redis, pool, Keys(settings.key_prefix), config, metrics)
         try:
             if args.drain:
@@ -206,6 +207,9 @@ def parser() -> argparse.ArgumentParser:
     writer.add_argument("--batch-size", type=int, default=1000)
     writer.add_argument("--parallel-batches", type=int, default=4,
                         help="batches of one stream applied side by side while it is behind")
+    writer.add_argument("--linger-ms", type=int, default=50,
+                        help="after a pass that found less than a full batch, wait this "
+                             "long for more (fewer, larger transactions)")
     writer.add_argument("--claim-idle-ms", type=int, default=10_000,
                         help="reclaim entries another writer left unacknowledged this long")
     writer.add_argument("--metrics-port", type=int, default=0,

@@ -20,13 +20,22 @@ GROUP = "writer"
 CODE_EVENTS = frozenset({"assigned", "locked", "unlocked", "lock_expired", "redeemed"})
 _STANDARD = frozenset({"type", "book", "code", "user", "at", "v"})
 
-INSERT_EVENT = (
+# One statement per table per batch: arrays unnested into rows cost Postgres a
+# fraction of what a statement per row does (executemany), which is what lets
+# the writer drain a backlog several times faster than the API fills it.
+INSERT_EVENTS = (
     "INSERT INTO events (book_id, stream_id, type, code, user_id, at, version, detail)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb) ON CONFLICT DO NOTHING"
+    " SELECT b, s, t, c, u, a, v, d::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[],"
+    " $4::text[], $5::text[], $6::timestamptz[], $7::int[], $8::text[])"
+    " AS e(b, s, t, c, u, a, v, d)"
+    " ON CONFLICT DO NOTHING"
 )
-UPSERT_CODE = (
+# A batch holds one event per code (the latest), so no row is updated twice.
+UPSERT_CODES = (
     "INSERT INTO codes AS c (code, book_id, owner, assigned_at, times_redeemed,"
-    " last_redeemed_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    " last_redeemed_at, version)"
+    " SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int[],"
+    " $6::timestamptz[], $7::int[])"
     " ON CONFLICT (code) DO UPDATE SET owner = EXCLUDED.owner,"
     " assigned_at = EXCLUDED.assigned_at, times_redeemed = EXCLUDED.times_redeemed,"
     " last_redeemed_at = EXCLUDED.last_redeemed_at, version = EXCLUDED.version"
@@ -134,6 +143,11 @@ async def apply_events(conn: asyncpg.Connection, events: Sequence[Event]) -> Non
         # The writer acknowledges a batch once this commits, so the commit must
         # be on disk whatever the server's default (a lost commit is lost data).
         await conn.execute("SET LOCAL synchronous_commit = on")
-        await conn.executemany(INSERT_EVENT, [e.event_row() for e in events])
+        await conn.execute(INSERT_EVENTS, *_columns([e.event_row() for e in events], 8))
         if latest:
-            await conn.executemany(UPSERT_CODE, [e.code_row() for e in latest.values()])
+            await conn.execute(UPSERT_CODES, *_columns([e.code_row() for e in latest.values()], 7))
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as one list per column (the arrays the statements unnest)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width

@@ -10,10 +10,12 @@ import signal
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from couponsvc import db
 from couponsvc.keys import Keys
+from couponsvc.metrics import WriterMetrics
 from couponsvc.outbox import GROUP, apply_events, parse_entries
 from couponsvc.writer import Writer, WriterConfig
 
@@ -110,6 +112,47 @@ async def test_a_deep_backlog_is_applied_several_batches_at_a_time(
     assert await duplicate_events(conn) == 0
     assert sum((await event_types(conn, book["id"])).values()) == written
     assert await differences(redis, conn, book["id"]) == []
+
+
+async def test_a_trickle_of_events_is_applied_in_few_batches(
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection,
+        pg_url: str) -> None:
+    """After a pass that found less than a full batch the writer waits
+    `linger_s` for more, so events arriving one by one share a transaction."""
+    book, codes = await api.book_with_codes(6)
+    stream = await stream_of(redis, book["id"])
+    await stack.drain()
+    registry = CollectorRegistry()
+    pool = await db.connect(pg_url, min_size=1, max_size=2)
+    config = WriterConfig(linger_s=1.0, consumer="trickle")
+    writer = Writer(redis, pool, Keys("cb"), config, WriterMetrics(registry))
+    stop = asyncio.Event()
+    running = asyncio.create_task(writer.run(stop))
+
+    def batches() -> float:
+        return registry.get_sample_value("couponsvc_writer_batch_events_count") or 0.0
+
+    try:
+        assert (await api.assign_code(codes[0], "trickle-0")).status_code == 200
+        await wait_for(lambda: _true_when(batches() == 1), 10, "the first event applied")
+        for n, code in enumerate(codes[1:], 1):  # five events within ~0.3 s
+            assert (await api.assign_code(code, f"trickle-{n}")).status_code == 200
+            await asyncio.sleep(0.05)
+        await wait_for(lambda: _true_when(batches() >= 2), 10, "the next batch applied")
+        await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await running
+        await pool.close()
+
+    assert batches() == 2
+    assert registry.get_sample_value("couponsvc_writer_batch_events_sum") == 6
+    assert await unacknowledged(redis, stream) == 0
+    assert await differences(redis, conn, book["id"]) == []
+
+
+async def _true_when(value: bool) -> bool:
+    return value
 
 
 async def test_two_writers_at_once_apply_every_event_once(
