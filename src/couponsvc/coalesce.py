@@ -120,9 +120,16 @@ class Batcher(Generic[Item]):
         if not self._queue:
             return
         batch, self._queue = self._queue, []
+        if self._send_now(batch):
+            return
         task = asyncio.create_task(self._send(batch))
         self._in_flight.add(task)  # keep a reference until it is done
         task.add_done_callback(self._in_flight.discard)
+
+    def _send_now(self, batch: list[tuple[Item, asyncio.Future[Any]]]) -> bool:
+        """Sends the batch without waiting for anything, if that is possible;
+        returns False to have `_send` do it in a task of its own."""
+        return False
 
     async def _send(self, batch: list[tuple[Item, asyncio.Future[Any]]]) -> None:
         raise NotImplementedError

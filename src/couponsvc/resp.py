@@ -38,6 +38,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from couponsvc.coalesce import Batcher, Replicas, ReplicationLagging
 
 MAX_BATCH = 512
+# Commands of one batch: (RESP bytes, durable) and the caller's future.
+Batch = list[tuple[tuple[bytes, bool], asyncio.Future[Any]]]
 
 
 def encode(args: tuple[Any, ...]) -> bytes:
@@ -144,6 +146,7 @@ class RespPipeline(Batcher[tuple[bytes, bool]]):
         self._timeout = timeout
         self._connection: _Connection | None = None
         self._connecting = asyncio.Lock()
+        self._unsent: list[Batch] = []  # waiting for a connection, oldest first
 
     async def execute(self, *args: Any, durable: bool = False, **_options: Any) -> Any:
         """Runs one command in the next batch; replies are raw (no redis-py parsing)."""
@@ -153,16 +156,37 @@ class RespPipeline(Batcher[tuple[bytes, bool]]):
         """Queues a command now; one connection runs them in the order queued."""
         return self._enqueue((encode(args), durable and self._replicas is not None))
 
-    async def _send(self, batch: list[tuple[tuple[bytes, bool], asyncio.Future[Any]]]) -> None:
+    def _send_now(self, batch: Batch) -> bool:
+        """Writes the batch at once while connected: a full batch reaches Redis
+        while this turn's other requests are still being handled, so Redis and
+        the API work side by side instead of taking turns. Otherwise the batch
+        waits, in order, behind those already waiting for a connection; the
+        first of them has `_send` open one (in a task)."""
+        connection = self._connection
+        if connection is not None and not connection.closed and not self._unsent:
+            self._write(connection, batch)
+            return True
+        self._unsent.append(batch)
+        return len(self._unsent) > 1
+
+    async def _send(self, _first: Batch) -> None:
+        """Opens a connection, then writes every batch that waited for it."""
         try:
             connection = await self._connected()
         except (OSError, TimeoutError, RedisError) as exc:
             error = exc if isinstance(exc, RedisError) \
                 else RedisConnectionError(f"cannot connect to Redis: {exc!r}")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            waiting, self._unsent = self._unsent, []
+            for batch in waiting:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
             return
+        waiting, self._unsent = self._unsent, []
+        for batch in waiting:
+            self._write(connection, batch)
+
+    def _write(self, connection: _Connection, batch: Batch) -> None:
         loop = asyncio.get_running_loop()
         payloads = [payload for (payload, _), _ in batch]
         receivers: list[asyncio.Future[Any]] = []

@@ -140,6 +140,21 @@ async def test_one_connection_runs_commands_in_the_order_queued(server: RedisSer
     assert replies == list(range(1, 2001))
 
 
+async def test_batches_queued_while_connecting_go_before_later_ones(
+        server: RedisServer) -> None:
+    # Connected, a batch is written at once; batches still waiting for the
+    # connection to open must not be overtaken by those.
+    pipe = RespPipeline(server.url, timeout=1, max_batch=7)
+    futures: list[asyncio.Future[Any]] = []
+    for _ in range(200):  # one turn each: the connection opens somewhere in between
+        futures += [pipe.submit("INCR", "ordered") for _ in range(10)]
+        await asyncio.sleep(0)
+    replies = await asyncio.gather(*futures)
+    await pipe.aclose()
+
+    assert replies == list(range(1, 2001))
+
+
 async def test_a_script_missing_on_the_server_is_a_noscript_error(pipe: CommandPipe) -> None:
     with pytest.raises(NoScriptError):
         await pipe.execute("EVALSHA", "0" * 40, 0)
