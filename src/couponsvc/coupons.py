@@ -48,12 +48,10 @@ class Coupons:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def _bind_key(self, idem: Idempotency | None) -> None:
+    async def _bind_key(self, idem: Idempotency) -> None:
         """Binds the key to this request's fingerprint across books (SET NX): the
         same key with another request is refused before anything runs. Replays
         themselves come from the record the script keeps in the book."""
-        if idem is None:
-            return
         ttl_ms = self.store.settings.idempotency_ttl_seconds * 1000
         bound = await self.store.scripts.coalescer.execute(
             "SET", self.store.keys.idempotency_claim(idem.caller, idem.key), idem.fingerprint,
@@ -69,25 +67,30 @@ class Coupons:
         ttl_ms = self.store.settings.idempotency_ttl_seconds * 1000
         return [book.keys.idempotency(idem.caller, idem.key)], [idem.fingerprint, str(ttl_ms)]
 
-    async def _note_user_book(self, user_id: str, book: Slot) -> asyncio.Future[Any]:
+    def _note_user_book(self, user_id: str, book: Slot) -> asyncio.Future[Any]:
         """Writes the user's index of books before the assignment, so that it is
         always a superset of where they hold codes (lists need no KEYS/SCAN).
 
         On one Redis the write shares the script's batch and connection, which
         runs it first: the caller awaits it after the script. On a cluster it
-        lives on another node, so it must be done before the script starts."""
-        noted = self.store.scripts.coalescer.submit(
+        lives on another node, so the caller awaits it before the script starts
+        (`_noted_first`)."""
+        return self.store.scripts.coalescer.submit(
             "SADD", self.store.keys.user_books(user_id), book.number, durable=True)
-        if self.store.settings.redis_cluster:
-            await noted
-        return noted
+
+    @property
+    def _noted_first(self) -> bool:
+        return self.store.settings.redis_cluster
 
     async def assign_random(self, principal: Principal, book_id: str, user_id: str,
                             idem: Idempotency | None) -> Outcome:
         principal.require_user(user_id)
         book = await self.store.book(book_id)
-        await self._bind_key(idem)
-        noted = await self._note_user_book(user_id, book)
+        if idem is not None:
+            await self._bind_key(idem)
+        noted = self._note_user_book(user_id, book)
+        if self._noted_first:
+            await noted
         k = book.keys
         idem_keys, idem_args = self._idem_args(book, idem)
         reply = await _after(noted, self.store.run(
@@ -102,8 +105,11 @@ class Coupons:
                           book_id: str | None, idem: Idempotency | None) -> Outcome:
         principal.require_user(user_id)
         book = await self.store.book_of_code(code)
-        await self._bind_key(idem)
-        noted = await self._note_user_book(user_id, book)
+        if idem is not None:
+            await self._bind_key(idem)
+        noted = self._note_user_book(user_id, book)
+        if self._noted_first:
+            await noted
         k = book.keys
         idem_keys, idem_args = self._idem_args(book, idem)
         reply = await _after(noted, self.store.run(
@@ -146,7 +152,8 @@ class Coupons:
                      idem: Idempotency | None) -> tuple[Redemption, bool]:
         principal.require_user(user_id)
         book = await self.store.book_of_code(code)
-        await self._bind_key(idem)
+        if idem is not None:
+            await self._bind_key(idem)
         k = book.keys
         idem_keys, idem_args = self._idem_args(book, idem)
         reply = await self.store.run(

@@ -7,7 +7,7 @@ import re
 from typing import Any, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from couponsvc.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -15,7 +15,8 @@ from couponsvc.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaTy
 T = TypeVar("T")
 
 SMALL_BODY_BYTES = 64 * 1024
-IDEMPOTENCY_HEADER = "idempotency-key"
+IDEMPOTENCY_HEADER = b"idempotency-key"
+_HEADER_INDEX = "couponsvc.headers"  # where `header` keeps its index in the scope
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
@@ -27,29 +28,71 @@ _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 _untyped = msgspec.json.Decoder()
 
 
+class JsonResponse(Response):
+    """A JSON body already encoded, with its two headers written directly
+    (Starlette's `init_headers` looks at every header it is given, per request)."""
+
+    media_type = "application/json"
+
+    def __init__(self, content: bytes, status_code: int = 200,
+                 headers: dict[str, str] | None = None) -> None:
+        self.status_code = status_code
+        self.body = content
+        self.background = None
+        self.raw_headers = [(b"content-length", str(len(content)).encode()),
+                            (b"content-type", b"application/json")]
+        if headers:
+            self.raw_headers += [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                                 for name, value in headers.items()]
+
+
 def json_response(body: object, status: int = 200,
                   headers: dict[str, str] | None = None) -> Response:
-    return Response(_encoder.encode(body), status_code=status, headers=headers,
-                    media_type="application/json")
+    return JsonResponse(_encoder.encode(body), status, headers)
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """A request header by its lower-case name, the first if sent twice. The
+    headers are indexed once per request (Starlette's `Headers.get` scans them
+    all on every call, and the hot path asks for four)."""
+    scope = request.scope
+    index: dict[bytes, bytes] | None = scope.get(_HEADER_INDEX)
+    if index is None:
+        index = {}
+        for key, value in scope["headers"]:
+            index.setdefault(key, value)  # ASGI servers send names in lower case
+        scope[_HEADER_INDEX] = index
+    value = index.get(name)
+    return None if value is None else value.decode("latin-1")
 
 
 async def read_body(request: Request, limit: int = SMALL_BODY_BYTES) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
+    """The request body, refused with 413 as soon as it passes `limit` bytes.
+    Read from the ASGI messages directly: a small body is one message."""
+    declared = header(request, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body may be at most {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"the body may be at most {limit} bytes")
+        if not more and not chunks:
+            return chunk
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    media = header(request, b"content-type")
+    return "application/json" if media is None else media.split(";")[0].strip().lower()
 
 
 def is_text(request: Request) -> bool:
@@ -126,7 +169,7 @@ def fingerprint(request: Request, body: bytes) -> str:
 
 
 def idempotency_key(request: Request) -> str | None:
-    key = request.headers.get(IDEMPOTENCY_HEADER)
+    key = header(request, IDEMPOTENCY_HEADER)
     if key is None:
         return None
     if not IDEMPOTENCY_KEY.fullmatch(key):

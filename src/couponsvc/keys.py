@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # 65,536 directory buckets keep each bucket a small listpack-encoded hash up to
 # a few million codes. Their hash tag is the bucket's top byte: 256 tags spread
@@ -36,33 +36,24 @@ from dataclasses import dataclass
 # (256 buckets) in one script call instead of one call per bucket.
 DIRECTORY_BUCKETS = 1 << 16
 DIRECTORY_TAGS = 1 << 8
+BOOK_KEYS_CACHED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class BookKeys:
-    """The keys of one book; every one carries the same hash tag."""
+    """The keys of one book; every one carries the same hash tag. The fixed
+    names are built once per book (`Keys.book` keeps them), not per request."""
 
     tag: str
+    meta: str = field(init=False)
+    free: str = field(init=False)
+    assigned: str = field(init=False)
+    locks: str = field(init=False)
+    events: str = field(init=False)
 
-    @property
-    def meta(self) -> str:
-        return f"{self.tag}:meta"
-
-    @property
-    def free(self) -> str:
-        return f"{self.tag}:free"
-
-    @property
-    def assigned(self) -> str:
-        return f"{self.tag}:assigned"
-
-    @property
-    def locks(self) -> str:
-        return f"{self.tag}:locks"
-
-    @property
-    def events(self) -> str:
-        return f"{self.tag}:events"
+    def __post_init__(self) -> None:
+        for name in ("meta", "free", "assigned", "locks", "events"):
+            object.__setattr__(self, name, f"{self.tag}:{name}")
 
     def lock(self, code: str) -> str:
         return f"{self.tag}:lock:{code}"
@@ -81,6 +72,9 @@ class Keys:
     """Key builder for one deployment (one prefix)."""
 
     prefix: str = "cb"
+    # Each book's keys, built once (emptied when full: bounded).
+    _books: dict[int, BookKeys] = field(default_factory=dict, init=False, compare=False,
+                                        repr=False)
 
     @property
     def books(self) -> str:
@@ -91,7 +85,12 @@ class Keys:
         return f"{self.prefix}:book-seq"
 
     def book(self, number: int) -> BookKeys:
-        return BookKeys(f"{self.prefix}:{{book:{number}}}")
+        keys = self._books.get(number)
+        if keys is None:
+            if len(self._books) >= BOOK_KEYS_CACHED:
+                self._books.clear()
+            keys = self._books[number] = BookKeys(f"{self.prefix}:{{book:{number}}}")
+        return keys
 
     def directory(self, code: str) -> str:
         return self.directory_of_bucket(directory_bucket(code))

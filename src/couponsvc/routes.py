@@ -17,6 +17,7 @@ from couponsvc.auth import Principal
 from couponsvc.coupons import Idempotency, Outcome
 from couponsvc.http import (
     fingerprint,
+    header,
     idempotency_key,
     is_text,
     json_body,
@@ -39,12 +40,14 @@ _UUID = re.compile(schemas.UUID_PATTERN)
 
 
 def _services(request: Request) -> Services:
-    services: Services = request.state.services
+    # The lifespan's state, as the server copied it into this request's scope
+    # (what `request.state` wraps, without building a State object each time).
+    services: Services = request.scope["state"]["services"]
     return services
 
 
 def _principal(request: Request) -> Principal:
-    return _services(request).verifier.verify(request.headers.get("authorization"))
+    return _services(request).verifier.verify(header(request, b"authorization"))
 
 
 def _path_code(request: Request) -> str:

@@ -87,7 +87,7 @@ class Scripts:
         durable = name in MUTATING
         pipe = pipe or self.coalescer
         try:
-            reply: ScriptReply = await pipe.execute(
+            reply: ScriptReply = await pipe.submit(
                 "EVALSHA", script.sha, len(keys), *keys, *args, durable=durable)
         except NoScriptError:
             script.sha = await self._redis.script_load(script.script)

@@ -3,10 +3,11 @@ and the translation of script replies into values and domain errors."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -17,6 +18,8 @@ from couponsvc.schemas import Coupon, Status
 from couponsvc.scripts import Scripts
 from couponsvc.settings import Settings
 from couponsvc.types import ScriptReply
+
+T = TypeVar("T")
 
 # Fields of one code view as the scripts return it (see code_view in _prelude.lua).
 VIEW_LEN = 9
@@ -83,28 +86,47 @@ class Store:
         self._number_by_id: dict[str, int] = {}
         self._number_by_code: dict[str, int] = {}
 
-    async def book(self, book_id: str) -> Located:
+    def book(self, book_id: str) -> Awaitable[Located]:
+        """The book with this id; from the cache without a trip to Redis (an
+        awaitable either way, so callers need not care)."""
         number = self._number_by_id.get(book_id)
         if number is None:
-            raw = await self.redis.hget(self.keys.books, book_id)
-            if raw is None:
-                raise errors.BookNotFound(f"no coupon book {book_id}")
-            number = int(raw)
-            _remember(self._number_by_id, book_id, number)
+            return self._look_up_book(book_id)
+        return _ready(Located(number=number, keys=self.keys.book(number), id=book_id))
+
+    async def _look_up_book(self, book_id: str) -> Located:
+        raw = await self.redis.hget(self.keys.books, book_id)
+        if raw is None:
+            raise errors.BookNotFound(f"no coupon book {book_id}")
+        number = int(raw)
+        _remember(self._number_by_id, book_id, number)
         return Located(number=number, keys=self.keys.book(number), id=book_id)
 
-    async def book_of_code(self, code: str) -> Slot:
+    def book_of_code(self, code: str) -> Awaitable[Slot]:
+        """The book a code belongs to (cached like `book`)."""
         number = self._number_by_code.get(code)
         if number is None:
-            raw = await self.redis.hget(self.keys.directory(code), code)
-            if raw is None:
-                raise errors.CodeNotFound(_unknown_code(code))
-            number = int(raw)
-            _remember(self._number_by_code, code, number)
+            return self._look_up_code(code)
+        return _ready(Slot(number, self.keys.book(number)))
+
+    async def _look_up_code(self, code: str) -> Slot:
+        raw = await self.redis.hget(self.keys.directory(code), code)
+        if raw is None:
+            raise errors.CodeNotFound(_unknown_code(code))
+        number = int(raw)
+        _remember(self._number_by_code, code, number)
         return Slot(number, self.keys.book(number))
 
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> ScriptReply:
-        return await self.scripts.run(name, keys, args)
+    def run(self, name: str, keys: Sequence[str],
+            args: Sequence[Any] = ()) -> Awaitable[ScriptReply]:
+        return self.scripts.run(name, keys, args)
+
+
+def _ready(value: T) -> Awaitable[T]:
+    """An awaitable that is already done: a cache hit costs no coroutine."""
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
 
 
 def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:

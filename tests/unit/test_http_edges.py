@@ -1,0 +1,65 @@
+"""The request edges the hot path reads without Starlette's helpers: headers,
+the body as ASGI messages, and the JSON response's headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.requests import ClientDisconnect, Request
+
+from couponsvc.errors import PayloadTooLarge
+from couponsvc.http import header, json_response, read_body
+
+
+def request(headers: list[tuple[bytes, bytes]], messages: list[dict[str, Any]]) -> Request:
+    pending = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+    return Request(scope, receive)
+
+
+def test_a_header_is_found_by_name_and_the_first_of_two_wins() -> None:
+    req = request([(b"authorization", b"Bearer one"), (b"x-other", b"1"),
+                   (b"authorization", b"Bearer two")], [])
+    assert header(req, b"authorization") == "Bearer one"
+    assert header(req, b"x-other") == "1"
+    assert header(req, b"idempotency-key") is None
+
+
+async def test_a_body_in_one_message_or_in_several_reads_whole() -> None:
+    one = request([], [{"type": "http.request", "body": b'{"a": 1}'}])
+    assert await read_body(one) == b'{"a": 1}'
+    chunked = request([], [{"type": "http.request", "body": b'{"a"', "more_body": True},
+                           {"type": "http.request", "body": b"", "more_body": True},
+                           {"type": "http.request", "body": b": 1}"}])
+    assert await read_body(chunked) == b'{"a": 1}'
+
+
+async def test_a_body_past_the_limit_is_refused_declared_or_not() -> None:
+    declared = request([(b"content-length", b"11")], [])
+    with pytest.raises(PayloadTooLarge):
+        await read_body(declared, limit=10)
+    streamed = request([], [{"type": "http.request", "body": b"x" * 6, "more_body": True},
+                            {"type": "http.request", "body": b"x" * 6}])
+    with pytest.raises(PayloadTooLarge):
+        await read_body(streamed, limit=10)
+
+
+async def test_a_client_gone_mid_body_is_a_disconnect() -> None:
+    gone = request([], [{"type": "http.request", "body": b"{", "more_body": True},
+                        {"type": "http.disconnect"}])
+    with pytest.raises(ClientDisconnect):
+        await read_body(gone)
+
+
+def test_a_json_response_carries_its_length_type_and_extra_headers() -> None:
+    response = json_response({"ok": True}, 201, {"Location": "/coupons/1"})
+    assert response.status_code == 201
+    assert response.body == b'{"ok":true}'
+    assert response.raw_headers == [(b"content-length", b"11"),
+                                    (b"content-type", b"application/json"),
+                                    (b"location", b"/coupons/1")]
