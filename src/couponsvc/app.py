@@ -27,6 +27,7 @@ from couponsvc.resp import RespPipeline
 from couponsvc.routes import OPERATIONS
 from couponsvc.routes import metrics as metrics_endpoint
 from couponsvc.routes import openapi as openapi_endpoint
+from couponsvc.runtime import tune_gc
 from couponsvc.scripts import Scripts
 from couponsvc.services import Services
 from couponsvc.settings import Settings
@@ -68,10 +69,13 @@ def create_app_from_env() -> Starlette:
     """The factory each uvicorn worker process calls when `couponsvc serve`
     runs several (COUPONSVC_WORKERS > 1): a worker imports the app by name and
     reads its settings from the environment it inherited."""
-    return create_app(Settings.from_env())
+    return create_app(Settings.from_env(), serving=True)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
+    """The app. `serving=True` (`couponsvc serve`) also tunes the process's
+    garbage collector once start-up is done (runtime.py); an app hosted by
+    something else, such as a test process, leaves its host's GC alone."""
     document = openapi.encoded(OPERATIONS)
 
     registry = CollectorRegistry()
@@ -108,6 +112,8 @@ def create_app(settings: Settings) -> Starlette:
                 log.warning("could not register scripts at start-up: %s", exc)
             store = Store(redis, scripts, settings)
             records = Records(pool) if pool is not None else None
+            if serving:
+                tune_gc()
             yield {"services": Services(
                 settings=settings,
                 redis=redis,

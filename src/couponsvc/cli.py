@@ -30,7 +30,7 @@ def _serve(settings: Settings, _: argparse.Namespace) -> int:
     # process stops every worker, each with the same graceful timeout.
     many = settings.workers > 1
     uvicorn.run(
-        "couponsvc.app:create_app_from_env" if many else create_app(settings),
+        "couponsvc.app:create_app_from_env" if many else create_app(settings, serving=True),
         factory=many,
         workers=settings.workers,
         host=settings.host,
@@ -72,6 +72,7 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
     from couponsvc.app import connect_redis
     from couponsvc.keys import Keys
     from couponsvc.metrics import WriterMetrics
+    from couponsvc.runtime import tune_gc
     from couponsvc.writer import Writer, WriterConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -91,6 +92,7 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
                               parallel_batches=args.parallel_batches,
                               linger_s=args.linger_ms / 1000)
         writer = Writer(redis, pool, Keys(settings.key_prefix), config, metrics)
+        tune_gc()
         try:
             if args.drain:
                 await writer.drain()
