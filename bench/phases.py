@@ -111,11 +111,14 @@ class Bench:
     def pool(self, name: str, count: int) -> tuple[Path, list[tuple[str, str]], dict]:
         """`count` fresh codes of the pool book, each assigned to its own user
         through POST /coupons/assign/{code} (driven by wrk)."""
+        started = time.monotonic()
         codes = self.api.generate(self.pool_book, count)
+        generated = time.monotonic()
         self.pooled += count
         path = self.tmp / f"pairs-{name}.txt"
         pairs = write_pairs(path, codes, f"{self.tag}{name}-")
         self.settle(trimmed=True)
+        settled = time.monotonic()
         before = self.memory()
         for _ in range(3):  # assigning a code to its owner again is a no-op: safe to repeat
             result = run_wrk(self.api.url, "assign_code", self.api.token,
@@ -129,7 +132,11 @@ class Bench:
                      f"{result.errors}); again")
         else:
             raise RuntimeError(f"could not pre-assign the {name} pool: {result.statuses}")
+        assigned_at = time.monotonic()
         self.settle(trimmed=True)
+        self.log(f"pool {name}: generated in {generated - started:.1f} s, writer caught up in "
+                 f"{settled - generated:.1f} s, assigned in {assigned_at - settled:.1f} s, "
+                 f"writer caught up in {time.monotonic() - assigned_at:.1f} s")
         info = {"codes": count, "assign_code_rps": round(result.rps, 1)}
         if before:
             info["redis_bytes_per_assigned_code"] = round((self.memory() - before) / count, 1)
@@ -241,7 +248,7 @@ def drain(bench: Bench) -> dict:
                       connections=bench.sizes.connections, book=bench.book,
                       tag=f"{bench.tag}backlog-")
     time.sleep(0.2)
-    backlog = bench.outbox.backlog()
+    backlog = bench.outbox.backlog(exact=True)
     meter = bench.meter()
     started = time.monotonic()
     bench.stack.start_writer()
@@ -251,7 +258,9 @@ def drain(bench: Bench) -> dict:
     first_progress = None
     series = [(0.0, backlog)]
     while True:
-        left = bench.outbox.backlog()
+        # Exactly until the first batch is in (that marks the start of the
+        # drain), then the cheap count: only reaching zero matters.
+        left = bench.outbox.backlog(exact=first_progress is None)
         now = time.monotonic() - started
         series.append((round(now, 3), left))
         if first_progress is None and left < backlog:
