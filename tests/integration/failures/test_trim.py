@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from couponsvc import db
 from couponsvc.keys import Keys
 from couponsvc.outbox import GROUP
-from couponsvc.writer import Writer, WriterConfig
+from couponsvc.writer import Writer, WriterConfig, trim_acknowledged
 
 from ..support import Api
 from .harness import Durable, differences, stream_of
@@ -75,3 +75,21 @@ async def test_only_acknowledged_entries_are_trimmed(
     assert await redis.xlen(stream) == 0
     assert await differences(redis, conn, book["id"]) == []
     assert await conn.fetchval("SELECT count(*) FROM events") == len(written)
+
+
+async def test_a_long_acknowledged_stretch_is_trimmed_in_one_pass(redis: Redis) -> None:
+    # More entries than one approximate trim removes (10,000 with Redis's
+    # default node size): a busy book writes that many between two trims.
+    stream = "cb:{book:99}:events"
+    await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(25_000):
+            pipe.xadd(stream, {"type": "test", "n": str(n)})
+        await pipe.execute()
+    delivered = await redis.xreadgroup(GROUP, "trimmer", {stream: ">"}, count=30_000)
+    entry_ids = [entry_id for entry_id, _ in delivered[0][1]]
+    await redis.xack(stream, GROUP, *entry_ids[:24_000])
+
+    await trim_acknowledged(redis, stream)
+
+    assert await ids(redis, stream) == entry_ids[24_000:]
