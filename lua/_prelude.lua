@@ -1,6 +1,10 @@
 -- Shared helpers. scripts.py prepends this file to every script when it
 -- registers them, so each operation stays one file and one atomic call.
 
+-- Arguments passed through one unpack() at most: Lua's C stack holds about
+-- 8,000 values, and a bulk load's slices must stay well below that.
+local UNPACK_MAX = 1000
+
 -- Server time in milliseconds: one clock for every API process.
 local function now_ms()
   local t = redis.call('TIME')

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 import asyncpg
 
 from couponsvc import codes as coderules
 from couponsvc import errors
-from couponsvc.keys import directory_bucket, directory_tag
+from couponsvc.keys import directory_buckets, directory_tag
 from couponsvc.records import BookRow, Records
 from couponsvc.schemas import Book, BookCounts, CreateBook, Refused, UploadResult
 from couponsvc.store import Located, Store, ms_to_datetime, optional_datetime
@@ -22,6 +23,11 @@ from couponsvc.store import Located, Store, ms_to_datetime, optional_datetime
 ADD_CHUNK = 5000
 # Codes per stage of a bulk load (Postgres takes one while Redis takes the last).
 LOAD_CHUNK = 100_000
+# Chunks Postgres takes at once, on as many connections: a COPY keeps one core
+# busy, and the API and Redis leave room for a second.
+POSTGRES_STAGES = 2
+# A bulk load's codes by directory bucket (see keys.py).
+Buckets = dict[int, list[str]]
 # Rounds of redrawing colliding generated codes before giving up.
 GENERATE_ROUNDS = 20
 # Book numbers tried before giving up (a lost book-seq is skipped past one by one).
@@ -34,6 +40,15 @@ class _Outcome:
     duplicates: list[str] = field(default_factory=list)
     in_other_book: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
+
+    def in_request_order(self, candidates: list[str]) -> None:
+        """Puts the refused codes back in the order they were sent (a load
+        works through them by directory bucket)."""
+        if not (self.duplicates or self.in_other_book):
+            return
+        position = {code: n for n, code in enumerate(candidates)}
+        self.duplicates.sort(key=position.__getitem__)
+        self.in_other_book.sort(key=position.__getitem__)
 
     def result(self, book_id: str, with_codes: bool = False) -> UploadResult:
         refused = Refused(duplicates=self.duplicates, inOtherBook=self.in_other_book,
@@ -136,30 +151,24 @@ class Books:
         self._check_count(len(raw_codes), "codes")
         book = await self.store.book(book_id)
         outcome = _Outcome()
-        seen: set[str] = set()
-        candidates: list[str] = []
-        for raw in raw_codes:
-            if not coderules.is_valid_code(raw):
-                outcome.invalid.append(str(raw))
-            elif raw in seen:
-                outcome.duplicates.append(str(raw))
-            else:
-                code = str(raw)
-                seen.add(code)
-                candidates.append(code)
+        if coderules.all_valid_and_distinct(raw_codes):
+            candidates = cast(list[str], list(raw_codes))
+        else:
+            candidates = _sort_out(raw_codes, outcome)
         records = self.records
 
-        async def durable(chunk: Sequence[str]) -> list[str]:
+        async def durable(chunk: Buckets) -> Buckets:
             if records is None:
-                return list(chunk)
-            claims = await records.claim_codes(book.id, chunk)
+                return chunk
+            claims = await records.claim_codes(book.id, _codes(chunk))
             outcome.in_other_book.extend(claims.elsewhere)
-            return claims.mine
+            return _without(chunk, set(claims.elsewhere))
 
-        async def usable(mine: list[str]) -> None:
+        async def usable(mine: Buckets) -> None:
             await self._add(book, await self._claim(book, mine, outcome.in_other_book), outcome)
 
-        await _pipelined(_chunks(candidates, LOAD_CHUNK), durable, usable)
+        await _pipelined(_bucket_chunks(candidates, LOAD_CHUNK), durable, usable)
+        outcome.in_request_order(candidates)
         return outcome.result(book.id)
 
     async def generate(self, book_id: str, pattern: str, count: int) -> UploadResult:
@@ -172,12 +181,14 @@ class Books:
         outcome = _Outcome()
         records = self.records
 
-        async def durable_new(chunk: Sequence[str]) -> list[str]:
+        async def durable_new(chunk: Buckets) -> Buckets:
             if records is None:
-                return list(chunk)
-            return list((await records.claim_codes(book.id, chunk, want_new=True)).new)
+                return chunk
+            codes = _codes(chunk)
+            new = (await records.claim_codes(book.id, codes, want_new=True)).new
+            return chunk if len(new) == len(codes) else _without(chunk, set(codes) - new)
 
-        async def usable_new(new: list[str]) -> None:
+        async def usable_new(new: Buckets) -> None:
             await self._add(book, await self._claim(book, new, [], only_new=True), outcome)
 
         for _ in range(GENERATE_ROUNDS):
@@ -185,7 +196,7 @@ class Books:
             if need == 0:
                 return outcome.result(book.id, with_codes=True)
             # Codes that collide (taken anywhere) are silently redrawn.
-            await _pipelined(_chunks(coderules.generate(pattern, need), LOAD_CHUNK),
+            await _pipelined(_bucket_chunks(coderules.generate(pattern, need), LOAD_CHUNK),
                              durable_new, usable_new)
         raise errors.Conflict(
             f"could not find {count} unused codes for pattern {pattern!r}; use a longer pattern")
@@ -196,31 +207,35 @@ class Books:
             raise errors.InvalidRequest(f"{field_name}: at most {limit} codes per request",
                                         field=field_name)
 
-    async def _claim(self, book: Located, codes: Iterable[str], in_other_book: list[str],
+    async def _claim(self, book: Located, codes: Buckets, in_other_book: list[str],
                      only_new: bool = False) -> list[str]:
         """Claims codes for the book in the directory; returns those now the book's."""
-        # One script call per directory hash tag, naming that tag's buckets.
-        by_tag: dict[int, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
-        for code in codes:
-            bucket = directory_bucket(code)
-            by_tag[directory_tag(bucket)][bucket].append(code)
+        # One script call per directory hash tag, naming that tag's buckets,
+        # each followed by its count of codes and the codes.
+        by_tag: dict[int, list[int]] = defaultdict(list)
+        for bucket in codes:
+            by_tag[directory_tag(bucket)].append(bucket)
+        directory_key = self.store.keys.directory_of_bucket
         calls: list[tuple[list[str], list[str | int]]] = []
         codes_of_call: list[list[str]] = []
         for buckets in by_tag.values():
-            bucket_keys: list[str] = []
             args: list[str | int] = [book.number]
             in_call: list[str] = []
-            for bucket, bucket_codes in buckets.items():
-                bucket_keys.append(self.store.keys.directory_of_bucket(bucket))
-                for code in bucket_codes:
-                    args += (len(bucket_keys), code)
-                    in_call.append(code)
-            calls.append((bucket_keys, args))
+            for bucket in buckets:
+                bucket_codes = codes[bucket]
+                args.append(len(bucket_codes))
+                args += bucket_codes
+                in_call += bucket_codes
+            calls.append(([directory_key(bucket) for bucket in buckets], args))
             codes_of_call.append(in_call)
         claimed: list[str] = []
         replies = await self.store.scripts.run_many("claim_codes", calls) if calls else []
-        for in_call, flags in zip(codes_of_call, replies, strict=True):
-            for code, flag in zip(in_call, str(flags), strict=True):
+        for in_call, reply in zip(codes_of_call, replies, strict=True):
+            flags = str(reply)
+            if not flags.strip("n"):  # the usual case: every code new
+                claimed += in_call
+                continue
+            for code, flag in zip(in_call, flags, strict=True):
                 if flag == "n" or (flag == "s" and not only_new):
                     claimed.append(code)
                 elif flag == "o":
@@ -234,35 +249,93 @@ class Books:
         for chunk, reply in zip(chunks, replies, strict=True):
             if reply[0] != "ok":
                 raise errors.BookNotFound(f"no coupon book {book.id}")
-            for code, flag in zip(chunk, str(reply[1]), strict=True):
+            flags = str(reply[1])
+            if not flags.strip("a"):  # the usual case: every code added
+                outcome.added += chunk
+                continue
+            for code, flag in zip(chunk, flags, strict=True):
                 (outcome.added if flag == "a" else outcome.duplicates).append(code)
 
 
-def _chunks(codes: Sequence[str], size: int) -> list[Sequence[str]]:
-    return [codes[start:start + size] for start in range(0, len(codes), size)]
+def _sort_out(raw_codes: Sequence[object], outcome: _Outcome) -> list[str]:
+    """The valid codes, each once; notes the invalid and repeated ones."""
+    seen: set[str] = set()
+    candidates: list[str] = []
+    for raw in raw_codes:
+        if not coderules.is_valid_code(raw):
+            outcome.invalid.append(str(raw))
+        elif raw in seen:
+            outcome.duplicates.append(str(raw))
+        else:
+            code = str(raw)
+            seen.add(code)
+            candidates.append(code)
+    return candidates
 
 
-async def _pipelined(chunks: Sequence[Sequence[str]],
-                     durable: Callable[[Sequence[str]], Awaitable[list[str]]],
-                     usable: Callable[[list[str]], Awaitable[None]]) -> None:
+def _bucket_chunks(codes: Sequence[str], size: int) -> list[Buckets]:
+    """Groups distinct codes by directory bucket and cuts the buckets, in
+    order, into chunks of about `size` codes. A chunk is then a run of
+    neighbouring buckets, holding many codes of each, so Redis claims it with
+    a few commands per bucket and one script call per hash tag, where chunks
+    cut in upload order would touch every bucket for a code or two each."""
+    by_bucket: Buckets = defaultdict(list)
+    for code, bucket in zip(codes, directory_buckets(codes), strict=True):
+        by_bucket[bucket].append(code)
+    chunks: list[Buckets] = []
+    chunk: Buckets = {}
+    in_chunk = 0
+    for bucket in sorted(by_bucket):
+        chunk[bucket] = by_bucket[bucket]
+        in_chunk += len(chunk[bucket])
+        if in_chunk >= size:
+            chunks.append(chunk)
+            chunk, in_chunk = {}, 0
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+def _codes(chunk: Buckets) -> list[str]:
+    return [code for bucket_codes in chunk.values() for code in bucket_codes]
+
+
+def _without(chunk: Buckets, dropped: set[str]) -> Buckets:
+    if not dropped:
+        return chunk
+    kept = {bucket: [c for c in codes if c not in dropped] for bucket, codes in chunk.items()}
+    return {bucket: codes for bucket, codes in kept.items() if codes}
+
+
+async def _pipelined(chunks: Sequence[Buckets],
+                     durable: Callable[[Buckets], Awaitable[Buckets]],
+                     usable: Callable[[Buckets], Awaitable[None]]) -> None:
     """Loads chunks in two stages that overlap: Postgres (`durable`, which has the
-    last word on which codes are the book's) takes chunk n+1 while Redis
-    (`usable`) takes chunk n. A bulk load then costs about the slower of the
-    two, not their sum. Each chunk reaches Redis only after Postgres has it."""
-    in_redis: asyncio.Task[None] | None = None
-    try:
-        for chunk in chunks:
-            kept = await durable(chunk)
-            if in_redis is not None:
-                await in_redis
-            in_redis = asyncio.ensure_future(usable(kept))
-        if in_redis is not None:
-            await in_redis
-    finally:
-        # On an error, let the chunk already on its way to Redis land (or fail)
-        # before answering: nothing keeps running after the request.
-        if in_redis is not None and not in_redis.done():
-            await asyncio.gather(in_redis, return_exceptions=True)
+    last word on which codes are the book's) takes up to POSTGRES_STAGES
+    chunks at once, and Redis (`usable`) takes each chunk Postgres has
+    finished. A bulk load then costs about the slower of the two, not their
+    sum. Each chunk reaches Redis only after Postgres has it; after a failure
+    no further chunk starts, and the request answers only once the chunks
+    under way have landed (or failed): nothing keeps running after it."""
+    postgres_slots = asyncio.Semaphore(POSTGRES_STAGES)
+    failed = False
+
+    async def load(chunk: Buckets) -> None:
+        nonlocal failed
+        try:
+            async with postgres_slots:
+                if failed:
+                    return
+                kept = await durable(chunk)
+            await usable(kept)
+        except BaseException:
+            failed = True
+            raise
+
+    outcomes = await asyncio.gather(*(load(chunk) for chunk in chunks), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _book_row(book: Located, req: CreateBook) -> BookRow:

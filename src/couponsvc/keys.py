@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # 65,536 directory buckets keep each bucket a small listpack-encoded hash up to
@@ -118,6 +119,12 @@ def _digest(caller: str, key: str) -> str:
 def directory_bucket(code: str) -> int:
     """The directory bucket of a code: stable across processes and versions."""
     return zlib.crc32(code.encode()) % DIRECTORY_BUCKETS
+
+
+def directory_buckets(codes: Iterable[str]) -> list[int]:
+    """directory_bucket of each code, in one comprehension (bulk loads)."""
+    crc32, buckets = zlib.crc32, DIRECTORY_BUCKETS
+    return [crc32(encoded) % buckets for encoded in map(str.encode, codes)]
 
 
 def directory_tag(bucket: int) -> int:

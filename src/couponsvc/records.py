@@ -8,7 +8,7 @@ key on `codes.code` is the final word on uniqueness across books.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,10 +57,14 @@ class Records:
     async def claim_codes(self, book_id: str, codes: Sequence[str],
                           want_new: bool = False) -> CodeClaims:
         """Inserts the codes for the book; reports which are its and which another's
-        (and, with `want_new`, which this call inserted: generation needs them)."""
+        (and, with `want_new`, which this call inserted: generation needs them).
+        The codes must be distinct and valid (codes.VALID_CODE): they travel
+        unescaped in COPY's text format."""
         if not codes:
             return CodeClaims([], set(), [])
         async with self.pool.acquire() as conn, conn.transaction():
+            if await _copy_all_new(conn, book_id, codes):
+                return CodeClaims(list(codes), set(codes) if want_new else set(), [])
             await conn.execute(
                 'CREATE TEMP TABLE incoming (code text COLLATE "C" NOT NULL) ON COMMIT DROP')
             await conn.copy_records_to_table("incoming", records=((c,) for c in codes),
@@ -90,3 +94,31 @@ class Records:
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
+
+
+async def _copy_all_new(conn: asyncpg.Connection, book_id: str, codes: Sequence[str]) -> bool:
+    """The common case, fast: COPY the codes straight into `codes`, in a
+    savepoint. True when every code was new; False (nothing written) when one
+    already exists anywhere, and the caller sorts out which.
+
+    COPY has no ON CONFLICT, but it is about twice as fast as inserting from a
+    staging table, and a bulk load of fresh codes is what uploads and
+    generation almost always are. Sorted, so that concurrent loads of
+    overlapping codes take their index entries in the same order (no deadlock)
+    and each index insert lands next to the previous one.
+    """
+    # COPY's text format, built with one join: codes are [A-Za-z0-9_-] (no
+    # tab, newline or backslash to escape), and building a million records
+    # for the binary format cost the API more than Postgres spent on them.
+    rows = f"\t{book_id}\n".join(sorted(codes)) + f"\t{book_id}\n"
+
+    async def payload() -> AsyncIterator[bytes]:
+        yield rows.encode()
+
+    try:
+        async with conn.transaction():
+            await conn.copy_to_table("codes", source=payload(), columns=["code", "book_id"],
+                                     format="text")
+    except asyncpg.UniqueViolationError:
+        return False
+    return True

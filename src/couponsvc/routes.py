@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from couponsvc import errors, schemas
 from couponsvc.auth import Principal
+from couponsvc.codes import code_lines
 from couponsvc.coupons import Idempotency, Outcome
 from couponsvc.http import (
     fingerprint,
@@ -110,8 +111,7 @@ async def _upload_text(request: Request, services: Services) -> Response:
         text = body.decode()
     except UnicodeDecodeError:
         raise errors.InvalidRequest("the body must be UTF-8 text", field="codes") from None
-    codes = [line.strip() for line in text.splitlines() if line.strip()]
-    return json_response(await services.books.upload(book_id, codes))
+    return json_response(await services.books.upload(book_id, code_lines(text)))
 
 
 async def assign_random(request: Request) -> Response:

@@ -5,11 +5,20 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from couponsvc import errors
-from couponsvc.codes import ALPHABET, check_pattern, generate, is_valid_code
-from couponsvc.keys import DIRECTORY_BUCKETS, Keys, directory_bucket
+from couponsvc.codes import (
+    ALPHABET,
+    all_valid_and_distinct,
+    check_pattern,
+    code_lines,
+    generate,
+    is_valid_code,
+)
+from couponsvc.keys import DIRECTORY_BUCKETS, Keys, directory_bucket, directory_buckets
 
 pytestmark = pytest.mark.unit
 
@@ -29,6 +38,37 @@ def test_valid_codes(code):
 )
 def test_invalid_codes(code):
     assert not is_valid_code(code)
+
+
+@pytest.mark.parametrize(
+    "codes, expected",
+    [
+        (["A", "B", "C-1_x"], True),
+        (["X" * 64] * 1 + ["Y"], True),
+        (["A", "B", "A"], False),  # a repeat
+        (["A", "has space"], False),
+        (["A", ""], False),
+        (["A", "X" * 65], False),
+        (["A", "B\nC"], False),  # two valid lines in one code: still one code
+        (["A", 7], False),
+        ([], False),  # nothing to load: the careful path answers
+    ],
+)
+def test_all_valid_and_distinct(codes, expected):
+    assert all_valid_and_distinct(codes) is expected
+
+
+@given(st.lists(st.text(alphabet="AB_-\n é7", max_size=4), max_size=8))
+def test_all_valid_and_distinct_agrees_with_code_by_code(codes):
+    by_code = all(map(is_valid_code, codes)) and len(set(codes)) == len(codes)
+    assert all_valid_and_distinct(codes) is (by_code and bool(codes))
+
+
+@given(st.text(alphabet="AB-_\n\r \t\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\xa0é", max_size=30))
+def test_code_lines_is_splitlines_and_strip(text):
+    # The fast path (str.split) must give exactly what the careful one does.
+    expected = [line.strip() for line in text.splitlines() if line.strip()]
+    assert code_lines(text) == expected
 
 
 def test_alphabet_has_32_unambiguous_characters():
@@ -68,6 +108,11 @@ def test_generate_fills_a_small_keyspace_without_repeats():
 
 
 # --- keys --------------------------------------------------------------------
+
+
+def test_directory_buckets_is_directory_bucket_of_each():
+    codes = [f"CODE{n}" for n in range(1000)]
+    assert directory_buckets(codes) == [directory_bucket(code) for code in codes]
 
 
 def test_book_keys_share_one_hash_tag():

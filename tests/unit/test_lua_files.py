@@ -87,7 +87,7 @@ async def test_scripts_survive_a_flushed_script_cache(redis, scripts):
 
     await redis.script_flush()
     replies = await scripts.run_many("claim_codes",
-                                     [(["cb:{dir:00}:0001"], [1, 1, "X", 1, "Y"]),
+                                     [(["cb:{dir:00}:0001"], [1, 2, "X", "Y"]),
                                       (["cb:{dir:00}:0002"], [2, 1, "X"])])
     assert replies == ["nn", "n"]
 
@@ -97,17 +97,17 @@ async def test_scripts_survive_a_flushed_script_cache(redis, scripts):
 
 async def test_claim_codes_flags(scripts, redis):
     bucket = ["cb:{dir:00}:0001"]
-    assert await scripts.run("claim_codes", bucket, [1, 1, "A", 1, "B"]) == "nn"
+    assert await scripts.run("claim_codes", bucket, [1, 2, "A", "B"]) == "nn"
 
-    assert await scripts.run("claim_codes", bucket, [1, 1, "A", 1, "C"]) == "sn"
-    assert await scripts.run("claim_codes", bucket, [2, 1, "A", 1, "B", 1, "D"]) == "oon"
+    assert await scripts.run("claim_codes", bucket, [1, 2, "A", "C"]) == "sn"
+    assert await scripts.run("claim_codes", bucket, [2, 3, "A", "B", "D"]) == "oon"
     assert await redis.hgetall("cb:{dir:00}:0001") == {"A": "1", "B": "1", "C": "1", "D": "2"}
 
 
 async def test_claim_codes_spans_the_buckets_of_one_tag(scripts, redis):
     buckets = ["cb:{dir:00}:0001", "cb:{dir:00}:0002"]
 
-    assert await scripts.run("claim_codes", buckets, [5, 2, "A", 1, "B", 2, "C"]) == "nnn"
+    assert await scripts.run("claim_codes", buckets, [5, 1, "B", 2, "A", "C"]) == "nnn"
     assert await redis.hgetall(buckets[0]) == {"B": "5"}
     assert await redis.hgetall(buckets[1]) == {"A": "5", "C": "5"}
 
@@ -128,9 +128,35 @@ async def test_add_codes_flags(scripts, redis):
     await scripts.run("create_book", keys[:1] + keys[3:], ["id-1", "name", "n"])
     await redis.hset("cb:{book:9}:assigned", "GONE", "bob|1|0|0|1")
 
-    assert await scripts.run("add_codes", keys, ["A", "B", "A", "GONE"]) == ["ok", "aadd"]
+    assert await scripts.run("add_codes", keys, ["A"]) == ["ok", "a"]
+    assert await scripts.run("add_codes", keys, ["B", "A", "GONE"]) == ["ok", "add"]
     assert await redis.smembers("cb:{book:9}:free") == {"A", "B"}
     assert await redis.hget("cb:{book:9}:meta", "total") == "2"
+
+
+async def test_add_codes_keeps_the_total_exact_when_a_code_repeats(scripts, redis):
+    # Callers pass distinct codes; if one did not, `total` still counts the set.
+    keys = ["cb:{book:9}:meta", "cb:{book:9}:free", "cb:{book:9}:assigned", "cb:{book:9}:events"]
+    await scripts.run("create_book", keys[:1] + keys[3:], ["id-1", "name", "n"])
+
+    await scripts.run("add_codes", keys, ["A", "A", "B"])
+
+    assert await redis.scard("cb:{book:9}:free") == 2
+    assert await redis.hget("cb:{book:9}:meta", "total") == "2"
+
+
+async def test_claim_and_add_take_more_codes_than_one_unpack_holds(scripts, redis):
+    # The scripts work in slices of UNPACK_MAX (1,000); Lua's stack holds ~8,000.
+    bucket = "cb:{dir:00}:0001"
+    codes = [f"C{n:05d}" for n in range(20_000)]
+    flags = await scripts.run("claim_codes", [bucket], [3, len(codes), *codes])
+    assert flags == "n" * len(codes)
+    assert await redis.hlen(bucket) == len(codes)
+
+    keys = ["cb:{book:9}:meta", "cb:{book:9}:free", "cb:{book:9}:assigned", "cb:{book:9}:events"]
+    await scripts.run("create_book", keys[:1] + keys[3:], ["id-1", "name", "n"])
+    assert await scripts.run("add_codes", keys, codes) == ["ok", "a" * len(codes)]
+    assert await redis.scard("cb:{book:9}:free") == len(codes)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ cluster) and a real Postgres.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from couponsvc import books as books_module
@@ -80,3 +82,55 @@ async def test_generation_across_many_chunks(service: Service) -> None:
     assert await redis_free(service, book.id) == set(result.codes)
     await service.drain()
     assert await service.verify() == []
+
+
+async def test_racing_uploads_of_overlapping_codes_give_each_code_one_book(
+        service: Service) -> None:
+    # Every chunk of both uploads tries the fast COPY first; where they
+    # overlap, one COPY fails (or waits, then fails) and falls back. Sorted
+    # chunks mean no deadlock: both answer, and each code has one book.
+    first = await service.books.create(CreateBook(name="First"))
+    second = await service.books.create(CreateBook(name="Second"))
+    shared = [f"SHARED-{n:03d}" for n in range(60)]
+    only_first = [f"FIRST-{n:03d}" for n in range(30)]
+    only_second = [f"SECOND-{n:03d}" for n in range(30)]
+
+    a, b = await asyncio.gather(service.books.upload(first.id, only_first + shared),
+                                service.books.upload(second.id, shared[::-1] + only_second))
+
+    assert a.added + b.added == len(shared) + 60
+    assert sorted(a.refused.inOtherBook + b.refused.inOtherBook) == sorted(shared)
+    in_first, in_second = (await postgres_codes(service, first.id),
+                           await postgres_codes(service, second.id))
+    assert in_first.isdisjoint(in_second)
+    assert in_first | in_second == set(shared + only_first + only_second)
+    assert await redis_free(service, first.id) == in_first
+    assert await redis_free(service, second.id) == in_second
+    await service.drain()
+    assert await service.verify() == []
+
+
+async def test_a_failing_chunk_stops_the_load_and_nothing_runs_after_it(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    book = await service.books.create(CreateBook(name="Fails"))
+    codes = [f"CODE-{n:03d}" for n in range(70)]  # 10 chunks of 7
+    claims = service.books.records.claim_codes
+    started: list[int] = []
+
+    async def claim_codes(book_id: str, chunk, want_new: bool = False):  # type: ignore[no-untyped-def]
+        started.append(len(started))
+        if len(started) == 3:
+            raise RuntimeError("Postgres went away")
+        return await claims(book_id, chunk, want_new)
+
+    monkeypatch.setattr(service.books.records, "claim_codes", claim_codes)
+
+    with pytest.raises(RuntimeError, match="went away"):
+        await service.books.upload(book.id, codes)
+    landed = await postgres_codes(service, book.id)
+    await asyncio.sleep(0.2)  # anything still running would land meanwhile
+
+    # The third chunk failed; at most the one beside it (two run at once) got in too.
+    assert len(started) <= 4
+    assert await postgres_codes(service, book.id) == landed
+    assert await redis_free(service, book.id) == landed
