@@ -45,8 +45,8 @@ def targets(results: dict) -> list[dict]:
     row("Redis bytes per free code / bare SADD", ratio, "<= 1.5x",
         None if ratio is None else ratio <= 1.5, "x")
     ratio = results.get("bulk", {}).get("ratio")
-    row("bulk upload time / bare COPY", ratio, "<= 2x", None if ratio is None else ratio <= 2.0,
-        "x")
+    row("bulk load time (slowest of JSON, text, generate) / COPY into a table like codes",
+        ratio, "<= 2x", None if ratio is None else ratio <= 2.0, "x")
     sizes = results.get("sizes", {})
     ratio = results.get("flat_cost", {}).get("ratio")
     row(f"POST /coupons/assign throughput, {sizes.get('large_book_codes', 0):,}-code book / "
@@ -150,14 +150,8 @@ def markdown(results: dict) -> str:
     bulk = results.get("bulk", {})
     if bulk:
         lines += ["", "## Bulk upload", ""]
-        if "ratio" in bulk:
-            lines.append(f"- {bulk['codes']:,} codes as one JSON list "
-                         f"({bulk['body_bytes'] / 1e6:.1f} MB, {bulk['requests']} request): "
-                         f"{bulk['api_seconds']} s ({bulk['api_codes_per_s']:,}/s) vs bare COPY "
-                         f"{bulk['copy_bare_seconds']} s = {bulk['ratio']}x; vs COPY into a "
-                         f"copy of the codes table with its indexes "
-                         f"{bulk['copy_like_codes_seconds']} s = "
-                         f"{bulk['ratio_vs_copy_like_codes']}x.")
+        if "loads" in bulk:
+            lines += _bulk_loads(bulk)
         else:
             lines.append(f"- {bulk.get('skipped') or bulk.get('error')}")
     lines += _flat_cost(results) + _workers(results)
@@ -176,6 +170,40 @@ def markdown(results: dict) -> str:
 
 _CPU_COLS = ("api", "redis", "writer", "postgres", "load generator", "bench", "other",
              "machine")
+
+
+_LOAD_WAYS = {"json": "as one JSON list", "text": "as a text/plain body, one per line",
+              "generate": "generated from the pattern ############"}
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 100_000 else f"{n_bytes} bytes"
+
+
+def _bulk_loads(bulk: dict) -> list[str]:
+    base = bulk.get("baselines", {})
+    copy = base.get("copy_like_codes_seconds")
+    lines = ["| codes loaded | request body | seconds | codes/s | / COPY like codes |",
+             "|---|---|---|---|---|"]
+    for way, figures in bulk["loads"].items():
+        if "seconds" not in figures:
+            lines.append(f"| {_LOAD_WAYS.get(way, way)} | | {figures.get('error')} | | |")
+            continue
+        lines.append(f"| {figures['codes']:,} {_LOAD_WAYS.get(way, way)} | "
+                     f"{_size(figures['body_bytes'])} | {figures['seconds']} | "
+                     f"{figures['codes_per_s']:,} | {figures.get('ratio', '')}x |")
+    if copy is not None:
+        sorted_copy, bare = base["copy_like_codes_sorted_seconds"], base["copy_bare_seconds"]
+        slowest = max(f["seconds"] for f in bulk["loads"].values() if "seconds" in f)
+        lines += ["", f"- COPY of the JSON list's {bulk['codes']:,} (code, book_id) rows, as "
+                  f"sent, into a table like codes (its primary key and indexes): {copy} s "
+                  "(the target's baseline).",
+                  f"- The same rows sorted by code first (sorting not timed): {sorted_copy} s; "
+                  f"the slowest load is {round(slowest / sorted_copy, 2)}x that.",
+                  f"- The same rows into a bare table with no index: {bare} s; the slowest "
+                  f"load is {round(slowest / bare, 2)}x that (the primary key is most of "
+                  "the cost of storing a code)."]
+    return lines
 
 
 def _flat_cost(results: dict) -> list[str]:

@@ -43,11 +43,12 @@ class Api:
     def book(self, book_id: str) -> dict:
         return self._ok(self.http.get(f"/coupons/{book_id}"))
 
-    def upload(self, body: bytes) -> tuple[dict, float]:
-        """POST /coupons/codes with a pre-encoded JSON body; (result, seconds)."""
+    def upload(self, body: bytes, content_type: str = "application/json",
+               params: dict[str, str] | None = None) -> tuple[dict, float]:
+        """POST /coupons/codes with a pre-encoded body; (result, seconds)."""
         started = time.perf_counter()
-        response = self.http.post("/coupons/codes", content=body,
-                                  headers={"Content-Type": "application/json"})
+        response = self.http.post("/coupons/codes", content=body, params=params,
+                                  headers={"Content-Type": content_type})
         seconds = time.perf_counter() - started
         return self._ok(response), seconds
 

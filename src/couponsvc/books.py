@@ -21,7 +21,11 @@ from couponsvc.store import Located, Store, ms_to_datetime, optional_datetime
 
 # Codes per add_codes call.
 ADD_CHUNK = 5000
-# Codes per stage of a bulk load (Postgres takes one while Redis takes the last).
+# A bulk load goes in stages of a chunk each (Postgres takes one while Redis
+# takes the last): about LOAD_STAGES chunks, so the stages overlap even for a
+# small load, of MIN_LOAD_CHUNK to LOAD_CHUNK codes.
+LOAD_STAGES = 16
+MIN_LOAD_CHUNK = 10_000
 LOAD_CHUNK = 100_000
 # Chunks Postgres takes at once, on as many connections: a COPY keeps one core
 # busy, and the API and Redis leave room for a second.
@@ -167,7 +171,7 @@ class Books:
         async def usable(mine: Buckets) -> None:
             await self._add(book, await self._claim(book, mine, outcome.in_other_book), outcome)
 
-        await _pipelined(_bucket_chunks(candidates, LOAD_CHUNK), durable, usable)
+        await _pipelined(_bucket_chunks(candidates), durable, usable)
         outcome.in_request_order(candidates)
         return outcome.result(book.id)
 
@@ -196,7 +200,7 @@ class Books:
             if need == 0:
                 return outcome.result(book.id, with_codes=True)
             # Codes that collide (taken anywhere) are silently redrawn.
-            await _pipelined(_bucket_chunks(coderules.generate(pattern, need), LOAD_CHUNK),
+            await _pipelined(_bucket_chunks(coderules.generate(pattern, need)),
                              durable_new, usable_new)
         raise errors.Conflict(
             f"could not find {count} unused codes for pattern {pattern!r}; use a longer pattern")
@@ -273,12 +277,13 @@ def _sort_out(raw_codes: Sequence[object], outcome: _Outcome) -> list[str]:
     return candidates
 
 
-def _bucket_chunks(codes: Sequence[str], size: int) -> list[Buckets]:
+def _bucket_chunks(codes: Sequence[str]) -> list[Buckets]:
     """Groups distinct codes by directory bucket and cuts the buckets, in
-    order, into chunks of about `size` codes. A chunk is then a run of
-    neighbouring buckets, holding many codes of each, so Redis claims it with
-    a few commands per bucket and one script call per hash tag, where chunks
-    cut in upload order would touch every bucket for a code or two each."""
+    order, into chunks (see LOAD_STAGES). A chunk is then a run of
+    neighbouring buckets with all of each bucket's codes, so Redis claims it
+    with a few commands per bucket and one script call per hash tag, where
+    chunks cut in upload order would touch every bucket for a code or two."""
+    size = min(LOAD_CHUNK, max(MIN_LOAD_CHUNK, -(-len(codes) // LOAD_STAGES)))
     by_bucket: Buckets = defaultdict(list)
     for code, bucket in zip(codes, directory_buckets(codes), strict=True):
         by_bucket[bucket].append(code)
