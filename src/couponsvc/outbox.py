@@ -35,11 +35,14 @@ INSERT_EVENTS = (
     " ON CONFLICT DO NOTHING"
 )
 # A batch holds one event per code (the latest), so no row is updated twice.
+# Rows go in code order: batches applied side by side (the writer's parallel
+# batches, two writers) then lock the rows they share in the same order, and
+# one waits for the other instead of deadlocking.
 UPSERT_CODES = (
     "INSERT INTO codes AS c (code, book_id, owner, assigned_at, times_redeemed,"
     " last_redeemed_at, version)"
     f" SELECT c, b, u, {_at('a')}, t, {_at('l')}, v FROM json_to_recordset($1::json)"
-    " AS e(c text, b uuid, u text, a bigint, t int, l bigint, v int)"
+    " AS e(c text, b uuid, u text, a bigint, t int, l bigint, v int) ORDER BY c"
     " ON CONFLICT (code) DO UPDATE SET owner = EXCLUDED.owner,"
     " assigned_at = EXCLUDED.assigned_at, times_redeemed = EXCLUDED.times_redeemed,"
     " last_redeemed_at = EXCLUDED.last_redeemed_at, version = EXCLUDED.version"

@@ -39,6 +39,9 @@ TRANSIENT = (
     asyncpg.exceptions.InsufficientResourcesError,
     # A pooled connection that Postgres is closing (MagicStack/asyncpg#784).
     asyncpg.InternalClientError,
+    # Batches are applied so as not to deadlock (outbox.UPSERT_CODES); should
+    # one still be chosen as a victim, retry it whole, not event by event.
+    asyncpg.exceptions.DeadlockDetectedError,
 )
 
 
