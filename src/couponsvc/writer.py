@@ -48,8 +48,10 @@ TRANSIENT = (
 @dataclass
 class WriterConfig:
     batch_size: int = 1000
-    # Batches of one stream applied side by side while its backlog is deep.
+    # Batches of one stream in flight at once while its backlog is deep.
     parallel_batches: int = 4
+    # Batches of one stream per pass before the writer moves on to other books.
+    batches_per_pass: int = 32
     claim_idle_ms: int = 10_000  # a consumer silent this long is presumed dead
     max_attempts: int = 5  # then an event is parked in parked_events
     idle_sleep_s: float = 0.02
@@ -146,31 +148,54 @@ class Writer:
             return 0
 
     async def _drain_group(self, stream: str) -> int:
-        """Applies the next batch of a stream; while its backlog is deep, up to
-        `parallel_batches` batches at once, each in its own transaction on its
-        own connection, so that Postgres works on several while one commits.
-        Their order does not matter: every statement is idempotent and a code
-        only moves to a higher version."""
+        """Applies the next batch of a stream; while its backlog is deep, keeps
+        up to `parallel_batches` batches in flight, each in its own transaction
+        on its own connection, reading the next batch as soon as one is
+        settled, so Postgres always has work while a batch is read, parsed or
+        committed. A pass takes at most `batches_per_pass` batches of a
+        stream, then moves on to the next book. Batch order does not matter:
+        every statement is idempotent and a code only moves to a higher
+        version."""
         cfg = self.config
         first = await self._next_entries(stream)
         if not first:
             return 0
-        batches = [first]
-        while len(batches) < cfg.parallel_batches and len(batches[-1]) >= cfg.batch_size:
-            more = _entries_of(await self.redis.xreadgroup(
-                GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size))
-            if not more:
-                break
-            batches.append(more)
         self._retry_own.add(stream)  # until every batch is settled
-        outcomes = await asyncio.gather(*(self._settle(stream, entries) for entries in batches),
-                                        return_exceptions=True)
+        in_flight = {asyncio.ensure_future(self._settle(stream, first))}
+        started, more = 1, len(first) >= cfg.batch_size
         settled, applied = True, 0
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome  # only now that none is still running
-            settled &= outcome[0]
-            applied += outcome[1]
+        failure: BaseException | None = None
+        try:
+            while in_flight:
+                while more and failure is None and len(in_flight) < cfg.parallel_batches \
+                        and started < cfg.batches_per_pass:
+                    try:
+                        entries = _entries_of(await self.redis.xreadgroup(
+                            GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size))
+                    except RedisError as exc:
+                        failure = exc
+                        break
+                    if not entries:
+                        more = False
+                        break
+                    in_flight.add(asyncio.ensure_future(self._settle(stream, entries)))
+                    started += 1
+                    more = len(entries) >= cfg.batch_size
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is not None:
+                        failure = failure or task.exception()
+                        continue
+                    batch_settled, batch_applied = task.result()
+                    settled &= batch_settled
+                    applied += batch_applied
+        finally:
+            # Cancelled (or an unexpected error) mid-pass: stop the batches in
+            # flight (their transactions roll back, their entries stay pending).
+            for task in in_flight:
+                task.cancel()
+        if failure is not None:
+            raise failure  # only now that no batch is still running
         if settled:
             self._retry_own.discard(stream)
         return applied

@@ -98,9 +98,11 @@ async def test_a_deep_backlog_is_applied_several_batches_at_a_time(
     written = 2 + await churn(api, codes)
     pool = await db.connect(pg_url, min_size=1, max_size=4)
     try:
-        config = WriterConfig(batch_size=20, parallel_batches=4, consumer="deep-backlog")
+        config = WriterConfig(batch_size=20, parallel_batches=3, batches_per_pass=4,
+                              consumer="deep-backlog")
         writer = Writer(redis, pool, Keys("cb"), config)
-        # Four batches of 20 side by side, each its own transaction, all acknowledged.
+        # Four batches of 20, three in flight at a time, each its own
+        # transaction, all acknowledged; then the pass moves on.
         assert await writer.step() == 80
         assert await unacknowledged(redis, stream) == written - 80
         while await writer.step():
@@ -143,6 +145,24 @@ async def test_side_by_side_batches_touching_the_same_codes_do_not_deadlock(
         await second.close()
 
     assert versions == {20}
+
+
+async def test_the_writers_updates_of_loaded_codes_are_hot(
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection) -> None:
+    """Codes rows are updated in place (HOT: no new index entries), which
+    needs no indexed column to change and room on the page (migration 002:
+    no owner index, pages loaded to 80%)."""
+    book, codes = await api.book_with_codes(3000)  # about 40 pages
+    await churn(api, codes[::10])  # a tenth of them, spread over every page
+    await stack.drain()
+
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = await conn.fetchrow("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                              " WHERE relname = 'codes'")
+    assert row["n_tup_upd"] >= len(codes[::10])
+    assert row["n_tup_hot_upd"] >= 0.9 * row["n_tup_upd"]
+    assert await differences(redis, conn, book["id"]) == []
 
 
 async def test_a_trickle_of_events_is_applied_in_few_batches(
