@@ -83,14 +83,18 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run() -> None:
         redis = connect_redis(settings)
-        pool = await db.connect(_database_url(settings), min_size=0, max_size=4)
+        # Options left out keep WriterConfig's defaults.
+        given = {"batch_size": args.batch_size, "parallel_batches": args.parallel_batches,
+                 "claim_idle_ms": args.claim_idle_ms,
+                 "linger_s": None if args.linger_ms is None else args.linger_ms / 1000}
+        config = WriterConfig(**{k: v for k, v in given.items() if v is not None})
+        # A connection per batch in flight, and one to park a poison event.
+        pool = await db.connect(_database_url(settings), min_size=0,
+                                max_size=config.parallel_batches + 1)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        config = WriterConfig(batch_size=args.batch_size, claim_idle_ms=args.claim_idle_ms,
-                              parallel_batches=args.parallel_batches,
-                              linger_s=args.linger_ms / 1000)
         writer = Writer(redis, pool, Keys(settings.key_prefix), config, metrics)
         tune_gc()
         try:
@@ -206,14 +210,16 @@ def parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply the Postgres migrations not yet applied")
     migrate.set_defaults(run=_migrate)
     writer = commands.add_parser("writer", help="drain the outbox streams into Postgres")
-    writer.add_argument("--batch-size", type=int, default=1000)
-    writer.add_argument("--parallel-batches", type=int, default=4,
-                        help="batches of one stream applied side by side while it is behind")
-    writer.add_argument("--linger-ms", type=int, default=50,
+    # Defaults (None here) are WriterConfig's.
+    writer.add_argument("--batch-size", type=int, help="events per transaction at most (2000)")
+    writer.add_argument("--parallel-batches", type=int,
+                        help="batches of one stream in flight at once while it is behind (4)")
+    writer.add_argument("--linger-ms", type=int,
                         help="after a pass that found less than a full batch, wait this "
-                             "long for more (fewer, larger transactions)")
-    writer.add_argument("--claim-idle-ms", type=int, default=10_000,
-                        help="reclaim entries another writer left unacknowledged this long")
+                             "long for more (fewer, larger transactions) (50)")
+    writer.add_argument("--claim-idle-ms", type=int,
+                        help="reclaim entries another writer left unacknowledged this long "
+                             "(10000)")
     writer.add_argument("--metrics-port", type=int, default=0,
                         help="serve Prometheus metrics on this port (0: off)")
     writer.add_argument("--drain", action="store_true",

@@ -47,7 +47,9 @@ TRANSIENT = (
 
 @dataclass
 class WriterConfig:
-    batch_size: int = 1000
+    # Measured on the bench's drain: 2,000 a batch drained about 15% faster
+    # than 1,000 (fewer commits and round trips); 4,000 no faster.
+    batch_size: int = 2000
     # Batches of one stream in flight at once while its backlog is deep.
     parallel_batches: int = 4
     # Batches of one stream per pass before the writer moves on to other books.
