@@ -172,8 +172,7 @@ class Writer:
                 while more and failure is None and len(in_flight) < cfg.parallel_batches \
                         and started < cfg.batches_per_pass:
                     try:
-                        entries = _entries_of(await self.redis.xreadgroup(
-                            GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size))
+                        entries = await self._read_new(stream)
                     except RedisError as exc:
                         failure = exc
                         break
@@ -219,9 +218,14 @@ class Writer:
             if entries:  # a dead writer's backlog: take the rest of it next pass
                 self._last_claim.pop(stream, None)
         if not entries:
-            entries = _entries_of(await self.redis.xreadgroup(
-                GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size))
+            entries = await self._read_new(stream)
         return entries
+
+    async def _read_new(self, stream: str) -> list[Any]:
+        """The next batch no consumer of the group has been given yet."""
+        cfg = self.config
+        return _entries_of(await self.redis.xreadgroup(
+            GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size))
 
     def _claim_due(self, stream: str) -> bool:
         """Whether to look for a dead writer's entries now: an entry is only
