@@ -35,7 +35,6 @@ class BookRow:
 class CodeClaims:
     """Where each offered code stands in Postgres after an insert."""
 
-    mine: list[str]  # now this book's (new, or already this book's)
     new: set[str]  # the subset inserted by this call (asked for with want_new)
     elsewhere: list[str]  # another book's
 
@@ -56,15 +55,16 @@ class Records:
 
     async def claim_codes(self, book_id: str, codes: Sequence[str],
                           want_new: bool = False) -> CodeClaims:
-        """Inserts the codes for the book; reports which are its and which another's
-        (and, with `want_new`, which this call inserted: generation needs them).
+        """Inserts the codes for the book; reports which are another's (and,
+        with `want_new`, which this call inserted: generation needs them); the
+        rest are now this book's.
         The codes must be distinct and valid (codes.VALID_CODE): they travel
         unescaped in COPY's text format."""
         if not codes:
-            return CodeClaims([], set(), [])
+            return CodeClaims(set(), [])
         async with self.pool.acquire() as conn, conn.transaction():
             if await _copy_all_new(conn, book_id, codes):
-                return CodeClaims(list(codes), set(codes) if want_new else set(), [])
+                return CodeClaims(set(codes) if want_new else set(), [])
             await conn.execute(
                 'CREATE TEMP TABLE incoming (code text COLLATE "C" NOT NULL) ON COMMIT DROP')
             await conn.copy_records_to_table("incoming", records=((c,) for c in codes),
@@ -87,10 +87,7 @@ class Records:
                     " JOIN codes c USING (code)")
         others = {r["code"] for r in existing if r["book_id"] != book_id}
         new = new if new is not None else set()
-        if not others:
-            return CodeClaims(list(codes), new, [])
-        return CodeClaims([c for c in codes if c not in others], new,
-                          [c for c in codes if c in others])
+        return CodeClaims(new, [c for c in codes if c in others])
 
     async def ping(self) -> None:
         await self.pool.fetchval("SELECT 1")
