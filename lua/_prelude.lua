@@ -70,6 +70,20 @@ local function emit_code(stream, kind, book_id, code, a, at, ...)
     'assignedAt', a.at, 'times', a.times, 'last', a.last, ...)
 end
 
+-- The optional KEYS after an assign script's fixed ones. On one Redis the
+-- caller passes the book's number (ARGV) and the user's index of books, and
+-- the script adds the book there with the assignment; on a cluster the index
+-- lives on another node, so the caller writes it before the script and passes
+-- '' instead. The idempotency list, when asked for, comes last.
+local function index_and_idem_keys(first, book_number)
+  if book_number ~= '' then return KEYS[first], KEYS[first + 1] end
+  return nil, KEYS[first]
+end
+
+local function note_user_book(index_key, book_number)
+  if index_key then redis.call('SADD', index_key, book_number) end
+end
+
 -- Idempotency: the stored result of an earlier call with this key, a
 -- mismatch marker when the key was used with another request, or nil.
 local function idem_replay(key, fingerprint)

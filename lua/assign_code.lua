@@ -1,11 +1,15 @@
 -- Assigns one named code to a user; assigning it again to the same user
 -- returns the existing assignment and changes nothing.
 -- KEYS[1] meta hash  KEYS[2] free set  KEYS[3] assigned hash  KEYS[4] user's zset
--- KEYS[5] locks zset KEYS[6] events stream  KEYS[7] idempotency list (optional)
+-- KEYS[5] locks zset KEYS[6] events stream
+-- KEYS[7] the user's index of books (when ARGV[4] is set)
+-- KEYS[7 or 8] idempotency list (optional)
 -- ARGV[1] code  ARGV[2] user id  ARGV[3] the book id the caller expects ('' for any)
--- ARGV[4] request fingerprint  ARGV[5] idempotency ttl (ms)
+-- ARGV[4] the book's number to add to the user's index ('' on a cluster)
+-- ARGV[5] request fingerprint  ARGV[6] idempotency ttl (ms)
 -- Returns {'ok'|'replayed', code view...} or {error status, detail...}.
-local replay = idem_replay(KEYS[7], ARGV[4])
+local index_key, idem_key = index_and_idem_keys(7, ARGV[4])
+local replay = idem_replay(idem_key, ARGV[5])
 if replay then return replay end
 local code, user = ARGV[1], ARGV[2]
 local m = redis.call('HMGET', KEYS[1], 'id', 'validFrom', 'validUntil', 'maxPerUser',
@@ -24,7 +28,7 @@ if a then
   -- Already this user's: the same answer, no change. It is a success, so a
   -- retry with the same Idempotency-Key replays it like any other.
   local result = reply('ok', code_view(m[1], code, a, locked_until(KEYS[5], code, now), limit))
-  idem_store(KEYS[7], ARGV[4], ARGV[5], result)
+  idem_store(idem_key, ARGV[5], ARGV[6], result)
   return result
 end
 local cap = tonumber(m[4])
@@ -33,8 +37,9 @@ redis.call('SREM', KEYS[2], code)
 a = {owner = user, at = now, times = 0, last = 0, v = 1}
 write_assignment(KEYS[3], code, a)
 redis.call('ZADD', KEYS[4], 0, code)
+note_user_book(index_key, ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'assigned', 1)
 emit_code(KEYS[6], 'assigned', m[1], code, a, now)
 local result = reply('ok', code_view(m[1], code, a, 0, limit))
-idem_store(KEYS[7], ARGV[4], ARGV[5], result)
+idem_store(idem_key, ARGV[5], ARGV[6], result)
 return result

@@ -1,10 +1,14 @@
 -- Assigns a random free code of a book to a user.
 -- KEYS[1] meta hash  KEYS[2] free set  KEYS[3] assigned hash  KEYS[4] user's zset
--- KEYS[5] locks zset KEYS[6] events stream  KEYS[7] idempotency list (optional)
+-- KEYS[5] locks zset KEYS[6] events stream
+-- KEYS[7] the user's index of books (when ARGV[3] is set)
+-- KEYS[7 or 8] idempotency list (optional)
 -- ARGV[1] book id (must match the meta's)  ARGV[2] user id
--- ARGV[3] request fingerprint  ARGV[4] idempotency ttl (ms)
+-- ARGV[3] the book's number to add to the user's index ('' on a cluster)
+-- ARGV[4] request fingerprint  ARGV[5] idempotency ttl (ms)
 -- Returns {'ok'|'replayed', code view...} or {error status, detail...}.
-local replay = idem_replay(KEYS[7], ARGV[3])
+local index_key, idem_key = index_and_idem_keys(7, ARGV[3])
+local replay = idem_replay(idem_key, ARGV[4])
 if replay then return replay end
 local user = ARGV[2]
 local m = redis.call('HMGET', KEYS[1], 'id', 'validFrom', 'validUntil', 'maxPerUser',
@@ -19,8 +23,9 @@ if not code then return {'book_exhausted'} end
 local a = {owner = user, at = now, times = 0, last = 0, v = 1}
 write_assignment(KEYS[3], code, a)
 redis.call('ZADD', KEYS[4], 0, code)
+note_user_book(index_key, ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'assigned', 1)
 emit_code(KEYS[6], 'assigned', m[1], code, a, now)
 local result = reply('ok', code_view(m[1], code, a, 0, redeem_limit(m[5], m[6])))
-idem_store(KEYS[7], ARGV[3], ARGV[4], result)
+idem_store(idem_key, ARGV[4], ARGV[5], result)
 return result

@@ -6,13 +6,10 @@ book, checks who may act, and shapes the reply.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import secrets
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
 
 from couponsvc import errors
 from couponsvc.auth import Principal
@@ -67,37 +64,42 @@ class Coupons:
         ttl_ms = self.store.settings.idempotency_ttl_seconds * 1000
         return [book.keys.idempotency(idem.caller, idem.key)], [idem.fingerprint, str(ttl_ms)]
 
-    def _note_user_book(self, user_id: str, book: Slot) -> asyncio.Future[Any]:
-        """Writes the user's index of books before the assignment, so that it is
-        always a superset of where they hold codes (lists need no KEYS/SCAN).
-
-        On one Redis the write shares the script's batch and connection, which
-        runs it first: the caller awaits it after the script. On a cluster it
-        lives on another node, so the caller awaits it before the script starts
-        (`_noted_first`)."""
-        return self.store.scripts.coalescer.submit(
-            "SADD", self.store.keys.user_books(user_id), book.number, durable=True)
-
     @property
-    def _noted_first(self) -> bool:
+    def _index_apart(self) -> bool:
+        """Whether the user's index of books lives apart from the book (a cluster)."""
         return self.store.settings.redis_cluster
+
+    async def _assign(self, script: str, book: Slot, user_id: str, args: list[str],
+                      idem: Idempotency | None) -> ScriptReply:
+        """Runs an assign script; `args` are its ARGV before the optional ones.
+
+        The user's index of books (the books they hold codes in, so listing
+        needs no KEYS/SCAN) is written by the script itself on one Redis. On a
+        cluster it lives on another node, so it is written and confirmed
+        before the script runs: it is always a superset of where the user
+        holds codes."""
+        if idem is not None:
+            await self._bind_key(idem)
+        index = self.store.keys.user_books(user_id)
+        if self._index_apart:
+            await self.store.scripts.coalescer.execute("SADD", index, book.number, durable=True)
+            index_keys, index_args = [], [""]
+        else:
+            index_keys, index_args = [index], [str(book.number)]
+        k = book.keys
+        idem_keys, idem_args = self._idem_args(book, idem)
+        return await self.store.run(
+            script,
+            [k.meta, k.free, k.assigned, k.user(user_id), k.locks, k.events,
+             *index_keys, *idem_keys],
+            [*args, *index_args, *idem_args],
+        )
 
     async def assign_random(self, principal: Principal, book_id: str, user_id: str,
                             idem: Idempotency | None) -> Outcome:
         principal.require_user(user_id)
         book = await self.store.book(book_id)
-        if idem is not None:
-            await self._bind_key(idem)
-        noted = self._note_user_book(user_id, book)
-        if self._noted_first:
-            await noted
-        k = book.keys
-        idem_keys, idem_args = self._idem_args(book, idem)
-        reply = await _after(noted, self.store.run(
-            "assign_random",
-            [k.meta, k.free, k.assigned, k.user(user_id), k.locks, k.events, *idem_keys],
-            [book_id, user_id, *idem_args],
-        ))
+        reply = await self._assign("assign_random", book, user_id, [book_id, user_id], idem)
         raise_for(reply, "", principal, "assign")
         return Outcome(parse_view(reply, 1), reply[0] == "replayed")
 
@@ -105,18 +107,8 @@ class Coupons:
                           book_id: str | None, idem: Idempotency | None) -> Outcome:
         principal.require_user(user_id)
         book = await self.store.book_of_code(code)
-        if idem is not None:
-            await self._bind_key(idem)
-        noted = self._note_user_book(user_id, book)
-        if self._noted_first:
-            await noted
-        k = book.keys
-        idem_keys, idem_args = self._idem_args(book, idem)
-        reply = await _after(noted, self.store.run(
-            "assign_code",
-            [k.meta, k.free, k.assigned, k.user(user_id), k.locks, k.events, *idem_keys],
-            [code, user_id, book_id or "", *idem_args],
-        ))
+        reply = await self._assign("assign_code", book, user_id, [code, user_id, book_id or ""],
+                                   idem)
         raise_for(reply, code, principal, "assign")
         return Outcome(parse_view(reply, 1), reply[0] == "replayed")
 
@@ -200,23 +192,6 @@ class Coupons:
             return Page(coupons, None)
         last_number, last = found[limit - 1]
         return Page(coupons, encode_cursor(last_number, last.code))
-
-
-async def _after(noted: asyncio.Future[Any], call: Awaitable[ScriptReply]) -> ScriptReply:
-    """Awaits the script, then the index write queued before it. When the script
-    fails, the index write's own outcome is consumed so it is never reported as
-    unretrieved; the script's error is the one the caller sees."""
-    try:
-        reply = await call
-    except BaseException:
-        if noted.done():
-            if not noted.cancelled():
-                noted.exception()
-        else:
-            noted.cancel()
-        raise
-    await noted
-    return reply
 
 
 def encode_cursor(book_number: int, last_code: str) -> str:

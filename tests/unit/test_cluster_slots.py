@@ -51,13 +51,17 @@ async def exercise(books: Books, coupons: Coupons, writer: Any) -> None:
     await coupons.list_for_user(writer, "bob", None, 10, None)
 
 
-@pytest.fixture
-async def recorded(redis, writer):
+async def record(redis: Any, writer: Any, cluster: bool) -> list[tuple[str, tuple[str, ...]]]:
     scripts = RecordingScripts(redis)
     await scripts.load()
-    store = Store(redis, scripts, Settings(env="dev", key_prefix="shop7"))
+    store = Store(redis, scripts, Settings(env="dev", key_prefix="shop7", redis_cluster=cluster))
     await exercise(Books(store), Coupons(store), writer)
     return scripts.calls
+
+
+@pytest.fixture
+async def recorded(redis, writer):
+    return await record(redis, writer, cluster=True)
 
 
 async def test_every_script_is_exercised(recorded):
@@ -85,3 +89,16 @@ async def test_every_key_written_carries_the_prefix(recorded, redis):
 
     assert stored
     assert [key for key in stored if not key.startswith("shop7:")] == []
+
+
+async def test_on_one_redis_the_assign_scripts_also_write_the_users_index(redis, writer):
+    calls = await record(redis, writer, cluster=False)
+
+    assigns = [keys for name, keys in calls if name.startswith("assign_")]
+    assert len(assigns) == 2
+    for keys in assigns:
+        assert keys[6] == "shop7:{user:bob}:books"
+        assert len({key_slot(key.encode()) for key in keys if key != keys[6]}) == 1
+    assert await redis.smembers("shop7:{user:bob}:books") == {"1"}
+    others = [keys for name, keys in calls if not name.startswith("assign_")]
+    assert all(len({key_slot(key.encode()) for key in keys}) == 1 for keys in others)

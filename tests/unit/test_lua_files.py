@@ -165,7 +165,7 @@ async def test_claim_and_add_take_more_codes_than_one_unpack_holds(scripts, redi
         ("read_book", ["meta", "free", "locks"], []),
         ("list_user_codes", ["meta", "user:bob", "assigned", "locks"], ["", 10]),
         ("assign_random", ["meta", "free", "assigned", "user:bob", "locks", "events"],
-         ["bob", ""]),
+         ["id-1", "bob", "", ""]),
         ("lock", ["meta", "assigned", "lock:C", "locks", "events"], ["C", "bob", "t", ""]),
         ("unlock", ["meta", "assigned", "lock:C", "locks", "events"], ["C", "bob", "t"]),
         ("redeem", ["meta", "assigned", "lock:C", "locks", "events"], ["C", "bob", "", ""]),
