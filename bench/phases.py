@@ -12,7 +12,7 @@ from pathlib import Path
 
 from latency import build_requests, hey, open_loop
 from machine import CpuMeter
-from service import Api, LagSampler, Outbox, write_pairs
+from service import Api, LagSampler, Outbox, rewrite_aof, write_pairs
 from stack import Stack
 from wrk import WrkResult, run_wrk
 
@@ -54,6 +54,10 @@ class Bench:
     results: dict = field(default_factory=dict)
     quiet_budget: float = QUIET_BUDGET
     noisy_noted: bool = False
+    # Redis's automatic AOF rewrite rule (percentage, min size) while the run
+    # applies it between phases itself (hold_aof_rewrites); None: Redis's own.
+    aof_rule: tuple[int, int] | None = None
+    aof_rewrites_between_phases: int = 0
 
     def meter(self) -> CpuMeter | None:
         if self.stack is None:
@@ -67,9 +71,38 @@ class Bench:
             trees["postgres"] = int((self.stack.pg_data / "postmaster.pid").read_text().split()[0])
         return CpuMeter(pids, trees)
 
+    def hold_aof_rewrites(self) -> None:
+        """Keeps Redis's automatic AOF rewrites out of the measured phases: a
+        rewrite forks and copies the whole dataset, which takes one of this
+        machine's two cores for seconds, so one landing by chance in a 10 s
+        phase decides that phase's figures. Redis's own rule is applied
+        between phases instead (`rewrite_aof_if_due`). The soak leaves it on."""
+        assert self.outbox is not None
+        redis = self.outbox.redis
+        config = redis.config_get("auto-aof-rewrite-*")
+        self.aof_rule = (int(config["auto-aof-rewrite-percentage"]),
+                         int(config["auto-aof-rewrite-min-size"]))
+        redis.config_set("auto-aof-rewrite-percentage", 0)
+
+    def rewrite_aof_if_due(self) -> None:
+        """Rewrites the AOF when Redis would have by now: the file is over the
+        minimum size and has grown by the percentage since the last rewrite."""
+        if self.aof_rule is None or self.outbox is None:
+            return
+        percentage, min_size = self.aof_rule
+        info = self.outbox.redis.info("persistence")
+        current, base = int(info["aof_current_size"]), int(info["aof_base_size"])
+        if percentage and current > min_size and (current - base) * 100 >= base * percentage:
+            self.log(f"rewriting the AOF between phases ({current / 2**20:,.0f} MiB, "
+                     f"{base / 2**20:,.0f} MiB after the last rewrite)")
+            rewrite_aof(self.outbox.redis)
+            self.aof_rewrites_between_phases += 1
+
     def quiet(self) -> None:
-        """Before a measured phase, waits (QUIET_BUDGET seconds at most over the
-        whole run) for other processes to leave the machine nearly idle."""
+        """Before a measured phase: rewrites the AOF if it is due, then waits
+        (QUIET_BUDGET seconds at most over the whole run) for other processes
+        to leave the machine nearly idle."""
+        self.rewrite_aof_if_due()
         meter = self.meter()
         if meter is None:
             return

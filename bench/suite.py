@@ -52,6 +52,8 @@ def run_suite(args: argparse.Namespace) -> int:
         results["machine"] = describe(*_versions(stack, outbox))
         bench = Bench(api=api, sizes=sizes, tmp=tmp, tag=f"b{secrets.token_hex(3)}-",
                       stack=stack, outbox=outbox, results=results)
+        if outbox is not None:
+            bench.hold_aof_rewrites()
         _phases(bench)
     except BaseException as exc:
         failed = True
@@ -147,6 +149,8 @@ def _phases(bench: Bench) -> None:
         r["notes"].append("Against --url: the workers comparison is skipped (it restarts the "
                           "API with COUPONSVC_WORKERS=2).")
     r["waited_for_quiet_s"] = round(QUIET_BUDGET - bench.quiet_budget, 1)
+    if bench.aof_rule is not None:
+        r["aof_rewrites_between_phases"] = bench.aof_rewrites_between_phases
     other = max((v.get("other", 0) for v in r["cpu"].values()), default=0)
     if other > 0.2:
         r["notes"].append(f"Other processes used up to {other} cores during a phase (see the "
