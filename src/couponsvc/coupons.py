@@ -64,11 +64,6 @@ class Coupons:
         ttl_ms = self.store.settings.idempotency_ttl_seconds * 1000
         return [book.keys.idempotency(idem.caller, idem.key)], [idem.fingerprint, str(ttl_ms)]
 
-    @property
-    def _index_apart(self) -> bool:
-        """Whether the user's index of books lives apart from the book (a cluster)."""
-        return self.store.settings.redis_cluster
-
     async def _assign(self, script: str, book: Slot, user_id: str, args: list[str],
                       idem: Idempotency | None) -> ScriptReply:
         """Runs an assign script; `args` are its ARGV before the optional ones.
@@ -81,7 +76,7 @@ class Coupons:
         if idem is not None:
             await self._bind_key(idem)
         index = self.store.keys.user_books(user_id)
-        if self._index_apart:
+        if self.store.settings.redis_cluster:
             await self.store.scripts.coalescer.execute("SADD", index, book.number, durable=True)
             index_keys, index_args = [], [""]
         else:
