@@ -69,12 +69,27 @@ def summarize(results: dict) -> None:
                                        "worst_window": worst[1], "worst_window_ends_s": worst[0],
                                        "after_warmup_worst": max((v for t, v in p99s
                                                                   if t > warmup), default=None)}
+    summary["aof_rewrites_s"] = aof_rewrites(mem)
     errors = sum(totals.get("bad", {}).values()) if totals else None
     summary["errors"] = errors
     if totals:
         summary["achieved_rps"] = totals["ok_per_s"]  # 2xx answered while the load ran
     results["summary"] = summary
     results["goals"] = _goals(results)
+
+
+def aof_rewrites(mem: list[dict]) -> list[list[float]]:
+    """The stretches (first and last sample, s) in which Redis was rewriting its AOF."""
+    stretches: list[list[float]] = []
+    rewriting = False
+    for sample in mem:
+        now = bool(sample.get("redis_aof_rewriting"))
+        if now and not rewriting:
+            stretches.append([sample["t"], sample["t"]])
+        elif now:
+            stretches[-1][1] = sample["t"]
+        rewriting = now
+    return [[round(start), round(end)] for start, end in stretches]
 
 
 def _goals(results: dict) -> list[dict]:
@@ -111,6 +126,9 @@ def _goals(results: dict) -> list[dict]:
         row(f"p99 per {results['settings']['interval_s']:g}-s window: median / worst",
             f"{over.get('median_window')} / {over.get('worst_window')} ms (worst ends at "
             f"{over.get('worst_window_ends_s')} s)", "reported", None)
+        rewrites = s.get("aof_rewrites_s", [])
+        row("Redis AOF rewrites (automatic) during the run",
+            ", ".join(f"{a:g}-{b:g} s" for a, b in rewrites) or "none", "reported", None)
         asked = results["rate"]["requests_per_s"]
         row("throughput: answered / asked", f"{s['achieved_rps']:,.0f} / {asked:,.0f} req/s",
             "reported", None)

@@ -119,8 +119,12 @@ class Watch:
             sample[f"{name}_processes"] = len([p for p in pids if rss_kib(p)])
         try:
             info = outbox.redis.info("memory")
+            persistence = outbox.redis.info("persistence")
         except redis.RedisError:
             return sample
         sample["redis_used_memory_mb"] = round(int(info["used_memory"]) / 2**20, 2)
         sample["redis_rss_mb"] = round(int(info["used_memory_rss"]) / 2**20, 2)
+        # An automatic AOF rewrite forks and copies the dataset: on a small
+        # machine it is the likeliest cause of a slow stretch.
+        sample["redis_aof_rewriting"] = int(persistence["aof_rewrite_in_progress"])
         return sample
