@@ -76,7 +76,7 @@ end
 -- lives on another node, so the caller writes it before the script and passes
 -- '' instead. The idempotency list, when asked for, comes last.
 local function index_and_idem_keys(first, book_number)
-  if book_number ~= '' then return KEYS[first], KEYS[first + 1] end
+  if book_number and book_number ~= '' then return KEYS[first], KEYS[first + 1] end
   return nil, KEYS[first]
 end
 

@@ -33,11 +33,11 @@ if a then
 end
 local cap = tonumber(m[4])
 if cap and redis.call('ZCARD', KEYS[4]) >= cap then return {'user_limit_reached', cap} end
+note_user_book(index_key, ARGV[4])
 redis.call('SREM', KEYS[2], code)
 a = {owner = user, at = now, times = 0, last = 0, v = 1}
 write_assignment(KEYS[3], code, a)
 redis.call('ZADD', KEYS[4], 0, code)
-note_user_book(index_key, ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'assigned', 1)
 emit_code(KEYS[6], 'assigned', m[1], code, a, now)
 local result = reply('ok', code_view(m[1], code, a, 0, limit))

@@ -20,10 +20,10 @@ local cap = tonumber(m[4])
 if cap and redis.call('ZCARD', KEYS[4]) >= cap then return {'user_limit_reached', cap} end
 local code = redis.call('SPOP', KEYS[2])
 if not code then return {'book_exhausted'} end
+note_user_book(index_key, ARGV[3])
 local a = {owner = user, at = now, times = 0, last = 0, v = 1}
 write_assignment(KEYS[3], code, a)
 redis.call('ZADD', KEYS[4], 0, code)
-note_user_book(index_key, ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'assigned', 1)
 emit_code(KEYS[6], 'assigned', m[1], code, a, now)
 local result = reply('ok', code_view(m[1], code, a, 0, redeem_limit(m[5], m[6])))

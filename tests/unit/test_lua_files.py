@@ -166,6 +166,11 @@ async def test_claim_and_add_take_more_codes_than_one_unpack_holds(scripts, redi
         ("list_user_codes", ["meta", "user:bob", "assigned", "locks"], ["", 10]),
         ("assign_random", ["meta", "free", "assigned", "user:bob", "locks", "events"],
          ["id-1", "bob", "", ""]),
+        # On one Redis, with the user's index of books: a refusal writes nothing there either.
+        ("assign_random", ["meta", "free", "assigned", "user:bob", "locks", "events",
+                           "user-books:bob"], ["id-1", "bob", "9", ""]),
+        ("assign_code", ["meta", "free", "assigned", "user:bob", "locks", "events",
+                         "user-books:bob"], ["C", "bob", "", "9", ""]),
         ("lock", ["meta", "assigned", "lock:C", "locks", "events"], ["C", "bob", "t", ""]),
         ("unlock", ["meta", "assigned", "lock:C", "locks", "events"], ["C", "bob", "t"]),
         ("redeem", ["meta", "assigned", "lock:C", "locks", "events"], ["C", "bob", "", ""]),
@@ -176,3 +181,20 @@ async def test_scripts_report_a_missing_book(scripts, redis, name, keys, args):
 
     assert reply == ["book_not_found"]
     assert await redis.keys("*") == []
+
+
+async def test_on_one_redis_only_an_assignment_adds_to_the_users_index(scripts, redis):
+    k = {name: f"cb:{{book:9}}:{name}" for name in ("meta", "free", "assigned", "locks", "events")}
+    index = "cb:{user:bob}:books"
+    keys = [k["meta"], k["free"], k["assigned"], "cb:{book:9}:user:bob", k["locks"], k["events"],
+            index]
+    await scripts.run("create_book", [k["meta"], k["events"]], ["id-1", "name", "n"])
+
+    refused = await scripts.run("assign_random", keys, ["id-1", "bob", "9", ""])
+    assert refused == ["book_exhausted"]
+    assert await redis.exists(index) == 0
+
+    await scripts.run("add_codes", [k["meta"], k["free"], k["assigned"], k["events"]], ["C1"])
+    assigned = await scripts.run("assign_random", keys, ["id-1", "bob", "9", ""])
+    assert assigned[0] == "ok"
+    assert await redis.smembers(index) == {"9"}
