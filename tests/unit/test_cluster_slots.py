@@ -1,4 +1,5 @@
-"""Every script call's keys hash to one cluster slot, and every script gets exercised."""
+"""In cluster mode every script call's keys hash to one slot, and every script gets exercised;
+on one Redis the assign scripts also write the user's index of books."""
 
 from __future__ import annotations
 
