@@ -78,12 +78,17 @@ def summarize(results: dict) -> None:
     results["goals"] = _goals(results)
 
 
-def aof_rewrites(mem: list[dict]) -> list[list[float]]:
-    """The stretches (first and last sample, s) in which Redis was rewriting its AOF."""
+def aof_rewrites(mem: list[dict]) -> list[list[float]] | None:
+    """The stretches (first and last sample, s, to within a sample) in which
+    Redis was rewriting its AOF; None when the samples do not say."""
+    if not any("redis_aof_rewriting" in sample for sample in mem):
+        return None
     stretches: list[list[float]] = []
     rewriting = False
     for sample in mem:
-        now = bool(sample.get("redis_aof_rewriting"))
+        if "redis_aof_rewriting" not in sample:  # Redis did not answer: keep the state
+            continue
+        now = bool(sample["redis_aof_rewriting"])
         if now and not rewriting:
             stretches.append([sample["t"], sample["t"]])
         elif now:
@@ -126,9 +131,10 @@ def _goals(results: dict) -> list[dict]:
         row(f"p99 per {results['settings']['interval_s']:g}-s window: median / worst",
             f"{over.get('median_window')} / {over.get('worst_window')} ms (worst ends at "
             f"{over.get('worst_window_ends_s')} s)", "reported", None)
-        rewrites = s.get("aof_rewrites_s", [])
-        row("Redis AOF rewrites (automatic) during the run",
-            ", ".join(f"{a:g}-{b:g} s" for a, b in rewrites) or "none", "reported", None)
+        rewrites = s.get("aof_rewrites_s")
+        shown = "not recorded" if rewrites is None \
+            else ", ".join(f"{a:g}-{b:g} s" for a, b in rewrites) or "none"
+        row("Redis AOF rewrites (automatic) during the run", shown, "reported", None)
         asked = results["rate"]["requests_per_s"]
         row("throughput: answered / asked", f"{s['achieved_rps']:,.0f} / {asked:,.0f} req/s",
             "reported", None)
