@@ -31,7 +31,8 @@ if [ -z "${COUPONSVC_REDIS_URL:-}" ]; then
     echo "using the Redis already listening on 127.0.0.1:$port"
   else
     redis-server --port "$port" --bind 127.0.0.1 --dir "$run_dir/redis" \
-      --appendonly yes --appendfsync everysec --save "" --logfile "$run_dir/redis.log" &
+      --appendonly yes --appendfsync everysec --auto-aof-rewrite-percentage 400 \
+      --save "" --logfile "$run_dir/redis.log" &
     started+=($!)
     for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     echo "started redis-server on 127.0.0.1:$port (data in .run/redis)"

@@ -136,9 +136,11 @@ class RedisCluster(pulumi.ComponentResource):
                                 "--cluster-announce-hostname",
                                 f"$(POD_NAME).{nodes_service}.$(POD_NAMESPACE).svc.cluster.local",
                                 "--cluster-preferred-endpoint-type", "hostname",
-                                # As in production: every write in the AOF, fsync each second.
+                                # As in production: every write in the AOF, fsync each second,
+                                # rewritten when it is 5x its last compact size (README).
                                 "--appendonly", "yes",
                                 "--appendfsync", "everysec",
+                                "--auto-aof-rewrite-percentage", "400",
                                 "--dir", "/data",
                                 "--protected-mode", "no",
                             ],

@@ -101,6 +101,7 @@ def test_in_cluster_redis_is_a_cluster_of_the_configured_size(stacks: Builder) -
         args = container(statefulset, "redis")["args"]
         assert args[args.index("--appendonly") + 1] == "yes"
         assert args[args.index("--appendfsync") + 1] == "everysec"
+        assert args[args.index("--auto-aof-rewrite-percentage") + 1] == "400"
 
 
 def test_managed_stores_use_tls(stacks: Builder) -> None:
