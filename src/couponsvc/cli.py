@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from couponsvc import db
 from couponsvc.settings import Settings, SettingsError
+from couponsvc.writer import WriterConfig
 
 
 def _serve(settings: Settings, _: argparse.Namespace) -> int:
@@ -73,7 +74,7 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
     from couponsvc.keys import Keys
     from couponsvc.metrics import WriterMetrics
     from couponsvc.runtime import tune_gc
-    from couponsvc.writer import Writer, WriterConfig
+    from couponsvc.writer import Writer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     registry = CollectorRegistry()
@@ -83,11 +84,7 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run() -> None:
         redis = connect_redis(settings)
-        # Options left out keep WriterConfig's defaults.
-        given = {"batch_size": args.batch_size, "parallel_batches": args.parallel_batches,
-                 "claim_idle_ms": args.claim_idle_ms,
-                 "linger_s": None if args.linger_ms is None else args.linger_ms / 1000}
-        config = WriterConfig(**{k: v for k, v in given.items() if v is not None})
+        config = writer_config(args)
         # A connection per batch in flight, and one to park a poison event.
         pool = await db.connect(_database_url(settings), min_size=0,
                                 max_size=config.parallel_batches + 1)
@@ -122,6 +119,13 @@ async def _clients(settings: Settings) -> AsyncIterator[tuple[Redis, asyncpg.Con
     finally:
         await redis.aclose()
         await conn.close()
+
+
+def writer_config(args: argparse.Namespace) -> WriterConfig:
+    """The writer's tuning from `couponsvc writer`'s options (their defaults are
+    WriterConfig's)."""
+    return WriterConfig(batch_size=args.batch_size, parallel_batches=args.parallel_batches,
+                        claim_idle_ms=args.claim_idle_ms, linger_s=args.linger_ms / 1000)
 
 
 def _rebuild(settings: Settings, args: argparse.Namespace) -> int:
@@ -210,16 +214,18 @@ def parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply the Postgres migrations not yet applied")
     migrate.set_defaults(run=_migrate)
     writer = commands.add_parser("writer", help="drain the outbox streams into Postgres")
-    # Defaults (None here) are WriterConfig's.
-    writer.add_argument("--batch-size", type=int, help="events per transaction at most (2000)")
-    writer.add_argument("--parallel-batches", type=int,
-                        help="batches of one stream in flight at once while it is behind (4)")
-    writer.add_argument("--linger-ms", type=int,
+    defaults = WriterConfig()
+    writer.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help="events per transaction at most (%(default)s)")
+    writer.add_argument("--parallel-batches", type=int, default=defaults.parallel_batches,
+                        help="batches of one stream in flight at once while it is behind "
+                             "(%(default)s)")
+    writer.add_argument("--linger-ms", type=int, default=round(defaults.linger_s * 1000),
                         help="after a pass that found less than a full batch, wait this "
-                             "long for more (fewer, larger transactions) (50)")
-    writer.add_argument("--claim-idle-ms", type=int,
+                             "long for more (fewer, larger transactions) (%(default)s)")
+    writer.add_argument("--claim-idle-ms", type=int, default=defaults.claim_idle_ms,
                         help="reclaim entries another writer left unacknowledged this long "
-                             "(10000)")
+                             "(%(default)s)")
     writer.add_argument("--metrics-port", type=int, default=0,
                         help="serve Prometheus metrics on this port (0: off)")
     writer.add_argument("--drain", action="store_true",
