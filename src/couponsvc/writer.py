@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,34 @@ class WriterConfig:
     linger_s: float = 0.05
     trim_interval_s: float = 5.0
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+
+@dataclass
+class _Batches:
+    """The batches of one stream's pass: those in flight, and what the settled
+    ones came to."""
+
+    batch_size: int
+    in_flight: set[asyncio.Future[tuple[bool, int]]] = field(default_factory=set)
+    started: int = 0
+    more: bool = True  # the last batch read was full: the backlog may go on
+    settled: bool = True  # every batch so far was applied or parked
+    applied: int = 0
+    failure: BaseException | None = None
+
+    def start(self, settle: Coroutine[Any, Any, tuple[bool, int]], size: int) -> None:
+        self.in_flight.add(asyncio.ensure_future(settle))
+        self.started += 1
+        self.more = size >= self.batch_size
+
+    def collect(self, done: set[asyncio.Future[tuple[bool, int]]]) -> None:
+        for task in done:
+            if (error := task.exception()) is not None:
+                self.failure = self.failure or error
+                continue
+            batch_settled, batch_applied = task.result()
+            self.settled &= batch_settled
+            self.applied += batch_applied
 
 
 class Writer:
@@ -158,48 +186,45 @@ class Writer:
         stream, then moves on to the next book. Batch order does not matter:
         every statement is idempotent and a code only moves to a higher
         version."""
-        cfg = self.config
         first = await self._next_entries(stream)
         if not first:
             return 0
         self._retry_own.add(stream)  # until every batch is settled
-        in_flight = {asyncio.ensure_future(self._settle(stream, first))}
-        started, more = 1, len(first) >= cfg.batch_size
-        settled, applied = True, 0
-        failure: BaseException | None = None
+        batches = _Batches(self.config.batch_size)
+        batches.start(self._settle(stream, first), len(first))
         try:
-            while in_flight:
-                while more and failure is None and len(in_flight) < cfg.parallel_batches \
-                        and started < cfg.batches_per_pass:
-                    try:
-                        entries = await self._read_new(stream)
-                    except RedisError as exc:
-                        failure = exc
-                        break
-                    if not entries:
-                        more = False
-                        break
-                    in_flight.add(asyncio.ensure_future(self._settle(stream, entries)))
-                    started += 1
-                    more = len(entries) >= cfg.batch_size
-                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.exception() is not None:
-                        failure = failure or task.exception()
-                        continue
-                    batch_settled, batch_applied = task.result()
-                    settled &= batch_settled
-                    applied += batch_applied
+            while batches.in_flight:
+                await self._start_more(stream, batches)
+                done, batches.in_flight = await asyncio.wait(
+                    batches.in_flight, return_when=asyncio.FIRST_COMPLETED)
+                batches.collect(done)
         finally:
             # Cancelled (or an unexpected error) mid-pass: stop the batches in
             # flight (their transactions roll back, their entries stay pending).
-            for task in in_flight:
+            for task in batches.in_flight:
                 task.cancel()
-        if failure is not None:
-            raise failure  # only now that no batch is still running
-        if settled:
+        if batches.failure is not None:
+            raise batches.failure  # only now that no batch is still running
+        if batches.settled:
             self._retry_own.discard(stream)
-        return applied
+        return batches.applied
+
+    async def _start_more(self, stream: str, batches: _Batches) -> None:
+        """Reads and starts further batches while the stream has a full batch
+        waiting, up to `parallel_batches` in flight and `batches_per_pass` in all."""
+        cfg = self.config
+        while batches.more and batches.failure is None \
+                and len(batches.in_flight) < cfg.parallel_batches \
+                and batches.started < cfg.batches_per_pass:
+            try:
+                entries = await self._read_new(stream)
+            except RedisError as exc:
+                batches.failure = exc
+                return
+            if not entries:
+                batches.more = False
+                return
+            batches.start(self._settle(stream, entries), len(entries))
 
     async def _next_entries(self, stream: str) -> list[Any]:
         """Our own unacknowledged entries after a failed attempt, else entries a
