@@ -122,25 +122,16 @@ class RedisSettings(StoreSettings):
 
     @classmethod
     def parse(cls, section: Section) -> RedisSettings:
-        mode = section.text("mode")
-        if mode not in ("managed", "in-cluster"):
-            raise ConfigError("couponsvc:redis.mode must be managed or in-cluster")
-        managed = mode == "managed"
+        store = _store(section, port=6379, storage="1Gi", image="redis:7.2")
         redis = cls(
-            managed=managed,
-            host=_host(section, managed),
-            port=section.integer("port", 6379, minimum=1),
-            storage=section.text("storage", "1Gi"),
-            storage_class=section.optional_text("storageClass"),
-            image=section.text("image", "redis:7.2"),
-            resources=_optional_resources(section),
+            **vars(store),
             cluster=section.flag("cluster", True),
-            tls=section.flag("tls", managed),
+            tls=section.flag("tls", store.managed),
             nodes=section.integer("nodes", 6, minimum=1),
             replicas_per_primary=section.integer("replicasPerPrimary", 1),
         )
         section.done()
-        if not managed:
+        if not redis.managed:
             shard = 1 + redis.replicas_per_primary
             if not redis.cluster:
                 raise ConfigError("couponsvc:redis: the in-cluster Redis is a Redis Cluster "
@@ -159,24 +150,32 @@ class PostgresSettings(StoreSettings):
 
     @classmethod
     def parse(cls, section: Section) -> PostgresSettings:
-        mode = section.text("mode")
-        if mode not in ("managed", "in-cluster"):
-            raise ConfigError("couponsvc:postgres.mode must be managed or in-cluster")
-        managed = mode == "managed"
         postgres = cls(
-            managed=managed,
-            host=_host(section, managed),
-            port=section.integer("port", 5432, minimum=1),
-            storage=section.text("storage", "5Gi"),
-            storage_class=section.optional_text("storageClass"),
-            image=section.text("image", "postgres:16"),
-            resources=_optional_resources(section),
+            **vars(_store(section, port=5432, storage="5Gi", image="postgres:16")),
             database=section.text("database", "couponsvc"),
             user=section.text("user", "couponsvc"),
             sslmode=section.optional_text("sslmode"),
         )
         section.done()
         return postgres
+
+
+def _store(section: Section, *, port: int, storage: str, image: str) -> StoreSettings:
+    """The StoreSettings half of a `redis` or `postgres` section: both stores read it alike,
+    with their own defaults; each parse adds its own fields to these (`**vars(store)`)."""
+    mode = section.text("mode")
+    if mode not in ("managed", "in-cluster"):
+        raise ConfigError(f"{section.where}.mode must be managed or in-cluster")
+    managed = mode == "managed"
+    return StoreSettings(
+        managed=managed,
+        host=_host(section, managed),
+        port=section.integer("port", port, minimum=1),
+        storage=section.text("storage", storage),
+        storage_class=section.optional_text("storageClass"),
+        image=section.text("image", image),
+        resources=_optional_resources(section),
+    )
 
 
 def _host(section: Section, managed: bool) -> str:

@@ -13,11 +13,10 @@ from couponinfra.workload import (
     container_security,
     labels,
     metadata,
-    pod_security,
     resource_requirements,
     selector_labels,
     store_network_policy,
-    volume_claim,
+    store_statefulset,
 )
 
 PORT = 5432
@@ -79,60 +78,44 @@ class Postgres(pulumi.ComponentResource):
         ready = ["pg_isready", "--host", "127.0.0.1", "--username", settings.user,
                  "--dbname", settings.database]
         scratch = [("run", "/var/run/postgresql"), ("tmp", "/tmp")]
-        k8s.apps.v1.StatefulSet(
-            name,
-            metadata=metadata(name, ns, pg_labels),
-            spec=k8s.apps.v1.StatefulSetSpecArgs(
-                replicas=1,
-                service_name=service.metadata.name,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=pg_labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        security_context=pod_security(POSTGRES_UID),
-                        containers=[k8s.core.v1.ContainerArgs(
-                            name="postgres",
-                            image=settings.image,
-                            env=[
-                                k8s.core.v1.EnvVarArgs(name="POSTGRES_USER", value=settings.user),
-                                k8s.core.v1.EnvVarArgs(
-                                    name="POSTGRES_DB", value=settings.database),
-                                # A subdirectory: the volume's root may hold lost+found.
-                                k8s.core.v1.EnvVarArgs(
-                                    name="PGDATA", value="/var/lib/postgresql/data/pgdata"),
-                                k8s.core.v1.EnvVarArgs(
-                                    name="POSTGRES_PASSWORD",
-                                    value_from=k8s.core.v1.EnvVarSourceArgs(
-                                        secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                                            name=secret.metadata.name,
-                                            key="POSTGRES_PASSWORD"))),
-                            ],
-                            ports=[k8s.core.v1.ContainerPortArgs(
-                                name="postgres", container_port=PORT)],
-                            resources=resource_requirements(
-                                settings.resources or DEFAULT_RESOURCES),
-                            readiness_probe=k8s.core.v1.ProbeArgs(
-                                exec_=k8s.core.v1.ExecActionArgs(command=ready),
-                                period_seconds=5, timeout_seconds=3),
-                            liveness_probe=k8s.core.v1.ProbeArgs(
-                                exec_=k8s.core.v1.ExecActionArgs(command=ready),
-                                initial_delay_seconds=30, period_seconds=10,
-                                timeout_seconds=3, failure_threshold=6),
-                            security_context=container_security(),
-                            volume_mounts=[
-                                k8s.core.v1.VolumeMountArgs(
-                                    name="data", mount_path="/var/lib/postgresql/data"),
-                                *[k8s.core.v1.VolumeMountArgs(name=volume, mount_path=path)
-                                  for volume, path in scratch],
-                            ],
-                        )],
-                        volumes=[k8s.core.v1.VolumeArgs(
-                            name=volume, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())
-                            for volume, _ in scratch],
-                    ),
-                ),
-                volume_claim_templates=[volume_claim(settings.storage, settings.storage_class)],
+        store_statefulset(
+            name, ns, "postgres", args.instance, settings, replicas=1,
+            service_name=service.metadata.name, uid=POSTGRES_UID,
+            container=k8s.core.v1.ContainerArgs(
+                name="postgres",
+                image=settings.image,
+                env=[
+                    k8s.core.v1.EnvVarArgs(name="POSTGRES_USER", value=settings.user),
+                    k8s.core.v1.EnvVarArgs(name="POSTGRES_DB", value=settings.database),
+                    # A subdirectory: the volume's root may hold lost+found.
+                    k8s.core.v1.EnvVarArgs(name="PGDATA", value="/var/lib/postgresql/data/pgdata"),
+                    k8s.core.v1.EnvVarArgs(
+                        name="POSTGRES_PASSWORD",
+                        value_from=k8s.core.v1.EnvVarSourceArgs(
+                            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
+                                name=secret.metadata.name,
+                                key="POSTGRES_PASSWORD"))),
+                ],
+                ports=[k8s.core.v1.ContainerPortArgs(name="postgres", container_port=PORT)],
+                resources=resource_requirements(settings.resources or DEFAULT_RESOURCES),
+                readiness_probe=k8s.core.v1.ProbeArgs(
+                    exec_=k8s.core.v1.ExecActionArgs(command=ready),
+                    period_seconds=5, timeout_seconds=3),
+                liveness_probe=k8s.core.v1.ProbeArgs(
+                    exec_=k8s.core.v1.ExecActionArgs(command=ready),
+                    initial_delay_seconds=30, period_seconds=10, timeout_seconds=3,
+                    failure_threshold=6),
+                security_context=container_security(),
+                volume_mounts=[
+                    k8s.core.v1.VolumeMountArgs(
+                        name="data", mount_path="/var/lib/postgresql/data"),
+                    *[k8s.core.v1.VolumeMountArgs(name=volume, mount_path=path)
+                      for volume, path in scratch],
+                ],
             ),
+            volumes=[k8s.core.v1.VolumeArgs(
+                name=volume, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs())
+                for volume, _ in scratch],
             opts=child,
         )
         return pulumi.Output.concat(

@@ -17,7 +17,7 @@ from couponinfra.workload import (
     resource_requirements,
     selector_labels,
     store_network_policy,
-    volume_claim,
+    store_statefulset,
 )
 
 CLIENT_PORT = 6379
@@ -111,59 +111,43 @@ class RedisCluster(pulumi.ComponentResource):
             k8s.core.v1.EnvVarArgs(name="POD_NAME", value_from=_field("metadata.name")),
             k8s.core.v1.EnvVarArgs(name="POD_NAMESPACE", value_from=_field("metadata.namespace")),
         ]
-        statefulset = k8s.apps.v1.StatefulSet(
-            name,
-            metadata=metadata(name, ns, redis_labels),
-            spec=k8s.apps.v1.StatefulSetSpecArgs(
-                replicas=settings.nodes,
-                service_name=nodes_service,
-                pod_management_policy="Parallel",
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=redis_labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        security_context=pod_security(REDIS_UID),
-                        containers=[k8s.core.v1.ContainerArgs(
-                            name="redis",
-                            image=settings.image,
-                            env=node_env,
-                            args=[
-                                "redis-server",
-                                "--port", str(CLIENT_PORT),
-                                "--cluster-enabled", "yes",
-                                "--cluster-config-file", "/data/nodes.conf",
-                                "--cluster-node-timeout", "5000",
-                                "--cluster-announce-hostname",
-                                f"$(POD_NAME).{nodes_service}.$(POD_NAMESPACE).svc.cluster.local",
-                                "--cluster-preferred-endpoint-type", "hostname",
-                                # As in production: every write in the AOF, fsync each second,
-                                # rewritten when it is 5x its last compact size (README).
-                                "--appendonly", "yes",
-                                "--appendfsync", "everysec",
-                                "--auto-aof-rewrite-percentage", "400",
-                                "--dir", "/data",
-                                "--protected-mode", "no",
-                            ],
-                            ports=[
-                                k8s.core.v1.ContainerPortArgs(
-                                    name="client", container_port=CLIENT_PORT),
-                                k8s.core.v1.ContainerPortArgs(name="bus", container_port=BUS_PORT),
-                            ],
-                            resources=resource_requirements(
-                                settings.resources or DEFAULT_RESOURCES),
-                            readiness_probe=k8s.core.v1.ProbeArgs(
-                                exec_=k8s.core.v1.ExecActionArgs(command=["redis-cli", "ping"]),
-                                period_seconds=5, timeout_seconds=2),
-                            liveness_probe=k8s.core.v1.ProbeArgs(
-                                tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="client"),
-                                initial_delay_seconds=10, period_seconds=10),
-                            security_context=container_security(),
-                            volume_mounts=[k8s.core.v1.VolumeMountArgs(
-                                name="data", mount_path="/data")],
-                        )],
-                    ),
-                ),
-                volume_claim_templates=[volume_claim(settings.storage, settings.storage_class)],
+        statefulset = store_statefulset(
+            name, ns, "redis", args.instance, settings, replicas=settings.nodes,
+            service_name=nodes_service, uid=REDIS_UID, pod_management_policy="Parallel",
+            container=k8s.core.v1.ContainerArgs(
+                name="redis",
+                image=settings.image,
+                env=node_env,
+                args=[
+                    "redis-server",
+                    "--port", str(CLIENT_PORT),
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", "/data/nodes.conf",
+                    "--cluster-node-timeout", "5000",
+                    "--cluster-announce-hostname",
+                    f"$(POD_NAME).{nodes_service}.$(POD_NAMESPACE).svc.cluster.local",
+                    "--cluster-preferred-endpoint-type", "hostname",
+                    # As in production: every write in the AOF, fsync each second,
+                    # rewritten when it is 5x its last compact size (README).
+                    "--appendonly", "yes",
+                    "--appendfsync", "everysec",
+                    "--auto-aof-rewrite-percentage", "400",
+                    "--dir", "/data",
+                    "--protected-mode", "no",
+                ],
+                ports=[
+                    k8s.core.v1.ContainerPortArgs(name="client", container_port=CLIENT_PORT),
+                    k8s.core.v1.ContainerPortArgs(name="bus", container_port=BUS_PORT),
+                ],
+                resources=resource_requirements(settings.resources or DEFAULT_RESOURCES),
+                readiness_probe=k8s.core.v1.ProbeArgs(
+                    exec_=k8s.core.v1.ExecActionArgs(command=["redis-cli", "ping"]),
+                    period_seconds=5, timeout_seconds=2),
+                liveness_probe=k8s.core.v1.ProbeArgs(
+                    tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="client"),
+                    initial_delay_seconds=10, period_seconds=10),
+                security_context=container_security(),
+                volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path="/data")],
             ),
             opts=child,
         )

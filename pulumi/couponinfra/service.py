@@ -12,11 +12,11 @@ from couponinfra.config import ApiSettings
 from couponinfra.workload import (
     API_PORT,
     HEALTHZ_PATH,
-    METRICS_PATH,
     READYZ_PATH,
     TMP_MOUNT,
     TMP_VOLUME,
     AppEnv,
+    app_pod_template,
     container_security,
     http_probe,
     labels,
@@ -24,7 +24,6 @@ from couponinfra.workload import (
     pod_security,
     resource_requirements,
     selector_labels,
-    spread,
 )
 
 # uvicorn finishes requests in flight for up to 10 s after SIGTERM; the preStop pause lets
@@ -149,7 +148,6 @@ class CouponService(pulumi.ComponentResource):
 
     def _deployment(self, name: str, args: CouponServiceArgs,
                     child: pulumi.ResourceOptions) -> k8s.apps.v1.Deployment:
-        pod_labels = labels("api", args.instance, args.version)
         return k8s.apps.v1.Deployment(
             f"{name}-api",
             metadata=metadata(f"{name}-api", args.namespace, labels("api", args.instance)),
@@ -163,43 +161,29 @@ class CouponService(pulumi.ComponentResource):
                     rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(
                         max_unavailable=0, max_surge="25%"),
                 ),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(
-                        labels=pod_labels,
-                        annotations={
-                            "prometheus.io/scrape": "true",
-                            "prometheus.io/port": str(API_PORT),
-                            "prometheus.io/path": METRICS_PATH,
-                        },
-                    ),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        security_context=pod_security(),
-                        termination_grace_period_seconds=GRACE_SECONDS,
-                        topology_spread_constraints=spread("api", args.instance),
-                        containers=[k8s.core.v1.ContainerArgs(
-                            name="api",
-                            image=args.image,
-                            args=["serve"],
-                            ports=[k8s.core.v1.ContainerPortArgs(
-                                name="http", container_port=API_PORT, protocol="TCP")],
-                            env=args.env.env_vars(
-                                COUPONSVC_HOST="0.0.0.0", COUPONSVC_PORT=str(API_PORT)),
-                            resources=resource_requirements(args.settings.resources),
-                            # Started: /healthz answers; failing ones are restarted.
-                            startup_probe=http_probe(HEALTHZ_PATH, "http", 2, 30),
-                            liveness_probe=http_probe(HEALTHZ_PATH, "http", 10, 3),
-                            # Ready: Redis answers (503 otherwise); out of the Service if not.
-                            readiness_probe=http_probe(READYZ_PATH, "http", 5, 2),
-                            lifecycle=k8s.core.v1.LifecycleArgs(
-                                pre_stop=k8s.core.v1.LifecycleHandlerArgs(
-                                    exec_=k8s.core.v1.ExecActionArgs(
-                                        command=["sleep", str(PRE_STOP_SECONDS)]))),
-                            security_context=container_security(),
-                            volume_mounts=[TMP_MOUNT],
-                        )],
-                        volumes=[TMP_VOLUME],
-                    ),
-                ),
+                template=app_pod_template(
+                    "api", args.instance, args.version, metrics_port=API_PORT,
+                    grace_seconds=GRACE_SECONDS, container=k8s.core.v1.ContainerArgs(
+                        name="api",
+                        image=args.image,
+                        args=["serve"],
+                        ports=[k8s.core.v1.ContainerPortArgs(
+                            name="http", container_port=API_PORT, protocol="TCP")],
+                        env=args.env.env_vars(
+                            COUPONSVC_HOST="0.0.0.0", COUPONSVC_PORT=str(API_PORT)),
+                        resources=resource_requirements(args.settings.resources),
+                        # Started: /healthz answers; failing ones are restarted.
+                        startup_probe=http_probe(HEALTHZ_PATH, "http", 2, 30),
+                        liveness_probe=http_probe(HEALTHZ_PATH, "http", 10, 3),
+                        # Ready: Redis answers (503 otherwise); out of the Service if not.
+                        readiness_probe=http_probe(READYZ_PATH, "http", 5, 2),
+                        lifecycle=k8s.core.v1.LifecycleArgs(
+                            pre_stop=k8s.core.v1.LifecycleHandlerArgs(
+                                exec_=k8s.core.v1.ExecActionArgs(
+                                    command=["sleep", str(PRE_STOP_SECONDS)]))),
+                        security_context=container_security(),
+                        volume_mounts=[TMP_MOUNT],
+                    )),
             ),
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
                 depends_on=[*args.after, self.migrate_job])),

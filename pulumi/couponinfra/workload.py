@@ -1,4 +1,4 @@
-"""What every pod of the service shares: labels, the environment, security settings.
+"""What the service's pods share: labels, the environment, security, the pod and store shapes.
 
 The constants are what the image really exposes (Dockerfile, src/couponsvc/cli.py):
 `couponsvc serve` listens on COUPONSVC_PORT (8000) with /healthz (liveness, no I/O) and
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
-from couponinfra.config import Resources
+from couponinfra.config import Resources, StoreSettings
 
 APP = "couponsvc"
 API_PORT = 8000
@@ -123,6 +123,30 @@ def spread(component: str, instance: str) -> list[k8s.core.v1.TopologySpreadCons
     ]
 
 
+def app_pod_template(component: str, instance: str, version: str, *, metrics_port: int,
+                     grace_seconds: int, container: k8s.core.v1.ContainerArgs
+                     ) -> k8s.core.v1.PodTemplateSpecArgs:
+    """The pod of a long-running component of the image (the API, the writer), so both are
+    scraped, spread and locked down alike; `container` mounts TMP_MOUNT (its /tmp)."""
+    return k8s.core.v1.PodTemplateSpecArgs(
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            labels=labels(component, instance, version),
+            annotations={
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(metrics_port),
+                "prometheus.io/path": METRICS_PATH,
+            },
+        ),
+        spec=k8s.core.v1.PodSpecArgs(
+            security_context=pod_security(),
+            termination_grace_period_seconds=grace_seconds,
+            topology_spread_constraints=spread(component, instance),
+            containers=[container],
+            volumes=[TMP_VOLUME],
+        ),
+    )
+
+
 def metadata(name: str | None, namespace: pulumi.Input[str],
              labels: dict[str, str]) -> k8s.meta.v1.ObjectMetaArgs:
     """Object metadata; no name: Pulumi names it (name-<random>) and replaces it on change."""
@@ -148,6 +172,38 @@ def store_network_policy(name: str, namespace: pulumi.Input[str], component: str
                 ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=port, protocol="TCP")
                        for port in ports],
             )],
+        ),
+        opts=opts,
+    )
+
+
+def store_statefulset(name: str, namespace: pulumi.Input[str], component: str, instance: str,
+                      settings: StoreSettings, *, replicas: int, service_name: pulumi.Input[str],
+                      uid: int, container: k8s.core.v1.ContainerArgs,
+                      opts: pulumi.ResourceOptions,
+                      volumes: list[k8s.core.v1.VolumeArgs] | None = None,
+                      pod_management_policy: str | None = None) -> k8s.apps.v1.StatefulSet:
+    """An in-cluster store's StatefulSet (Redis, Postgres), so both are built alike: one
+    `container` run as the store image's `uid`, with the `data` claim of `settings`."""
+    store_labels = labels(component, instance)
+    return k8s.apps.v1.StatefulSet(
+        name,
+        metadata=metadata(name, namespace, store_labels),
+        spec=k8s.apps.v1.StatefulSetSpecArgs(
+            replicas=replicas,
+            service_name=service_name,
+            pod_management_policy=pod_management_policy,
+            selector=k8s.meta.v1.LabelSelectorArgs(
+                match_labels=selector_labels(component, instance)),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=store_labels),
+                spec=k8s.core.v1.PodSpecArgs(
+                    security_context=pod_security(uid),
+                    containers=[container],
+                    volumes=volumes,
+                ),
+            ),
+            volume_claim_templates=[volume_claim(settings.storage, settings.storage_class)],
         ),
         opts=opts,
     )

@@ -12,17 +12,15 @@ from couponinfra.config import WriterSettings
 from couponinfra.workload import (
     METRICS_PATH,
     TMP_MOUNT,
-    TMP_VOLUME,
     WRITER_METRICS_PORT,
     AppEnv,
+    app_pod_template,
     container_security,
     http_probe,
     labels,
     metadata,
-    pod_security,
     resource_requirements,
     selector_labels,
-    spread,
 )
 
 # The writer acknowledges a batch only once Postgres has it; an entry left unacknowledged
@@ -50,7 +48,6 @@ class OutboxWriter(pulumi.ComponentResource):
     def __init__(self, name: str, args: OutboxWriterArgs,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("couponsvc:app:OutboxWriter", name, None, opts)
-        pod_labels = labels("writer", args.instance, args.version)
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-writer",
             metadata=metadata(f"{name}-writer", args.namespace, labels("writer", args.instance)),
@@ -58,37 +55,23 @@ class OutboxWriter(pulumi.ComponentResource):
                 replicas=args.settings.replicas,
                 selector=k8s.meta.v1.LabelSelectorArgs(
                     match_labels=selector_labels("writer", args.instance)),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(
-                        labels=pod_labels,
-                        annotations={
-                            "prometheus.io/scrape": "true",
-                            "prometheus.io/port": str(WRITER_METRICS_PORT),
-                            "prometheus.io/path": METRICS_PATH,
-                        },
-                    ),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        security_context=pod_security(),
-                        termination_grace_period_seconds=GRACE_SECONDS,
-                        topology_spread_constraints=spread("writer", args.instance),
-                        containers=[k8s.core.v1.ContainerArgs(
-                            name="writer",
-                            image=args.image,
-                            args=["writer", "--metrics-port", str(WRITER_METRICS_PORT)],
-                            ports=[k8s.core.v1.ContainerPortArgs(
-                                name="metrics", container_port=WRITER_METRICS_PORT,
-                                protocol="TCP")],
-                            # The metrics server binds COUPONSVC_HOST: every interface.
-                            env=args.env.env_vars(COUPONSVC_HOST="0.0.0.0"),
-                            resources=resource_requirements(args.settings.resources),
-                            # It serves no API; its metrics endpoint shows the process is up.
-                            liveness_probe=http_probe(METRICS_PATH, "metrics", 15, 3, delay=10),
-                            security_context=container_security(),
-                            volume_mounts=[TMP_MOUNT],
-                        )],
-                        volumes=[TMP_VOLUME],
-                    ),
-                ),
+                template=app_pod_template(
+                    "writer", args.instance, args.version, metrics_port=WRITER_METRICS_PORT,
+                    grace_seconds=GRACE_SECONDS, container=k8s.core.v1.ContainerArgs(
+                        name="writer",
+                        image=args.image,
+                        args=["writer", "--metrics-port", str(WRITER_METRICS_PORT)],
+                        ports=[k8s.core.v1.ContainerPortArgs(
+                            name="metrics", container_port=WRITER_METRICS_PORT,
+                            protocol="TCP")],
+                        # The metrics server binds COUPONSVC_HOST: every interface.
+                        env=args.env.env_vars(COUPONSVC_HOST="0.0.0.0"),
+                        resources=resource_requirements(args.settings.resources),
+                        # It serves no API; its metrics endpoint shows the process is up.
+                        liveness_probe=http_probe(METRICS_PATH, "metrics", 15, 3, delay=10),
+                        security_context=container_security(),
+                        volume_mounts=[TMP_MOUNT],
+                    )),
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),
         )
