@@ -3,20 +3,22 @@
 One redis-server and one API process serve the whole session; tests isolate
 themselves with their own books, codes and user ids, so nothing is flushed.
 Tests that need other settings (audience/issuer) or that break Redis get a
-stack of their own. Every server is stopped by its own PID.
+stack of their own. The folders that also need PostgreSQL (durability/,
+failures/) share one cluster for the session, each test on a database of its
+own. Every server is stopped by its own PID.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
-from redis.asyncio import RedisCluster as ClusterClient
 
 from support.cluster import RedisCluster
+from support.postgres import Postgres, clone_database, migrated
 
 from .support import (
     AUDIENCE,
@@ -26,6 +28,7 @@ from .support import (
     RedisServer,
     Stack,
     http_client,
+    redis_client,
     running_stack,
 )
 
@@ -73,14 +76,22 @@ def api(client: httpx.AsyncClient, api_server: ApiServer) -> Api:
 @pytest.fixture
 async def redis(redis_server: RedisServer | RedisCluster) -> AsyncIterator[Redis]:
     """A client on the session's Redis, to check the state the API left there."""
-    if is_cluster(redis_server):
-        cluster = ClusterClient.from_url(redis_server.url, decode_responses=True)
-        yield cast(Redis, cluster)  # the same commands, routed by slot
-        await cluster.aclose()
-        return
-    client = Redis.from_url(redis_server.url, decode_responses=True)
+    client = redis_client(redis_server)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the session, with a migrated template database."""
+    with migrated() as server:
+        yield server
+
+
+@pytest.fixture
+async def pg_url(postgres: Postgres) -> str:
+    """A fresh, migrated database for this test alone (a copy of the template)."""
+    return await clone_database(postgres)
 
 
 @pytest.fixture(scope="module")

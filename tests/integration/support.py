@@ -20,11 +20,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 import httpx
 import jwt
 from redis.asyncio import Redis
+from redis.asyncio import RedisCluster as ClusterClient
+
+from support.cluster import RedisCluster
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -48,18 +51,20 @@ def free_port() -> int:
         return port
 
 
-def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Stops one process this suite started, by its own PID, and reaps it."""
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                 timeout: float = STOP_TIMEOUT_SECONDS) -> int:
+    """Signals one process this suite started, by its own PID, SIGKILLs it if it
+    outlives `timeout`, reaps it and returns its exit code. Servers, the API and
+    the writers are all stopped through here."""
     if process.poll() is None:
         process.send_signal(sig)
         process.send_signal(signal.SIGCONT)  # a paused process must run to see the signal
         try:
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    else:
-        process.wait()
+    return process.returncode
 
 
 def redis_ping(port: int) -> bool:
@@ -109,7 +114,7 @@ class RedisServer:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:
-            _stop(self.process, sig)
+            stop_process(self.process, sig)
             self.process = None
 
     def kill(self) -> None:
@@ -185,7 +190,7 @@ class ApiServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            _stop(self.process)
+            stop_process(self.process)
             self.process = None
 
     # --- tokens signed with this server's secret ------------------------------
@@ -207,6 +212,36 @@ class ApiServer:
         return self.token(user_id)
 
 
+class Server(Protocol):
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=Server)
+
+
+@contextmanager
+def started(server: ServerT) -> Iterator[ServerT]:
+    """Starts a server and stops it when the block ends, however it ends: the
+    one try/finally behind every fixture that owns a server."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def redis_client(server: RedisServer | RedisCluster, **options: Any) -> Redis:
+    """A client on either kind of server (`options` go to `from_url`); on a
+    cluster it is a cluster client, which takes the same commands and routes
+    them by slot."""
+    if isinstance(server, RedisCluster):
+        cluster = ClusterClient.from_url(server.url, decode_responses=True, **options)
+        return cast(Redis, cluster)
+    return Redis.from_url(server.url, decode_responses=True, **options)
+
+
 @dataclass
 class Stack:
     """A redis-server and an API process that uses it."""
@@ -220,18 +255,12 @@ def running_stack(directory: Path, secret: str | None = None,
                   **extra_env: str) -> Iterator[Stack]:
     """A redis-server and an API; the API checks tokens against `secret` when
     given (so tokens can be made before it starts)."""
-    redis = RedisServer(directory / "redis").start()
-    try:
+    with started(RedisServer(directory / "redis")) as redis:
         api = ApiServer(redis.url, directory, extra_env)
         if secret is not None:
             api.secret = secret
-        api.start()
-        try:
+        with started(api):
             yield Stack(redis, api)
-        finally:
-            api.stop()
-    finally:
-        redis.stop()
 
 
 def http_client(base_url: str, timeout: float = 30.0) -> httpx.AsyncClient:
@@ -274,6 +303,12 @@ def new_user() -> str:
 def assert_no_leak(response: httpx.Response) -> None:
     for marker in LEAK_MARKERS:
         assert marker not in response.text, f"{marker!r} in the body: {response.text}"
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    """A fast 503 that tells the client when to retry: how an outage must answer."""
+    assert_problem(response, 503, "service-unavailable")
+    assert int(response.headers["retry-after"]) >= 1
 
 
 def assert_problem(response: httpx.Response, status: int,

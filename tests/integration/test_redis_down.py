@@ -9,10 +9,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
-from .support import Api, Stack, assert_problem, http_client, new_code, new_user
+from .support import Api, Stack, assert_unavailable, http_client, new_code, new_user
 
 pytestmark = pytest.mark.integration
 
@@ -25,11 +24,6 @@ RECOVERY_SECONDS = 10.0
 async def down_api(own_stack: Stack) -> AsyncIterator[Api]:
     async with http_client(own_stack.api.base_url, timeout=HANG_SECONDS) as client:
         yield Api(client, own_stack.api)
-
-
-def assert_unavailable(response: httpx.Response) -> None:
-    assert_problem(response, 503, "service-unavailable")
-    assert int(response.headers["retry-after"]) >= 1
 
 
 async def assert_not_ready(api: Api) -> None:

@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,17 @@ def start_migrated() -> Postgres:
         remove(server)
         raise
     return server
+
+
+@contextmanager
+def migrated() -> Iterator[Postgres]:
+    """start_migrated() for a with block: the cluster is stopped and its folder
+    removed however the block ends (the fixtures that own a cluster use it)."""
+    server = start_migrated()
+    try:
+        yield server
+    finally:
+        remove(server)
 
 
 async def clone_database(server: Postgres) -> str:

@@ -1,8 +1,9 @@
 """Real servers for the durability tools: rebuild, verify and inspect.
 
 Each test gets its own redis-server (free port, no persistence, stopped by its
-PID) and its own Postgres database, cloned from a migrated template in one
-server for the whole session, so tests may flush, tamper and compare freely.
+PID) and its own Postgres database (`pg_url`, from the parent conftest: cloned
+from a migrated template in one server for the whole session), so tests may
+flush, tamper and compare freely.
 The service layer is wired to both as the API wires it.
 """
 
@@ -35,9 +36,8 @@ from couponsvc.store import Store
 from couponsvc.verify import Difference, collect
 from couponsvc.writer import Writer, WriterConfig
 from support.cluster import RedisCluster
-from support.postgres import Postgres, clone_database, remove, start_migrated
 
-from ..support import RedisServer
+from ..support import RedisServer, started
 
 OPS = Principal("ops", frozenset({ADMIN, WRITE}))
 # Microseconds that Postgres keeps and Redis's milliseconds drop: rebuild and
@@ -45,30 +45,11 @@ OPS = Principal("ops", frozenset({ADMIN, WRITE}))
 VALID_FROM = datetime(2025, 1, 1, 0, 0, 0, 1500, tzinfo=UTC)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """One cluster for the session, with a migrated template database."""
-    server = start_migrated()
-    try:
-        yield server
-    finally:
-        remove(server)
-
-
-@pytest.fixture
-async def pg_url(postgres: Postgres) -> str:
-    """A fresh, migrated database for this test (a copy of the template)."""
-    return await clone_database(postgres)
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A redis-server of this test's own."""
-    server = RedisServer(tmp_path).start()
-    try:
+    with started(RedisServer(tmp_path)) as server:
         yield server.url
-    finally:
-        server.stop()
 
 
 @dataclass
@@ -111,9 +92,8 @@ class Service:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """One local Redis Cluster for the session; tests keep apart by key prefix."""
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
-    yield cluster
-    cluster.stop()
+    with started(RedisCluster(tmp_path_factory.mktemp("cluster"))) as cluster:
+        yield cluster
 
 
 @pytest.fixture(params=["single", "cluster"])

@@ -1,10 +1,12 @@
 """Real processes for the write-behind failure tests.
 
-Each test gets its own redis-server, its own PostgreSQL database (cloned from
-a migrated template in one cluster for the whole folder), its own API process
-with COUPONSVC_DATABASE_URL set, and the writer processes it starts. Tests
-kill and restart these freely; each one is stopped by its own PID when the
-test ends, whether it passed or not.
+Each test gets its own redis-server, its own PostgreSQL database (`pg_url`,
+from the parent conftest: cloned from a migrated template in one cluster for
+the session), its own API process with COUPONSVC_DATABASE_URL set, and the
+writer processes it starts. Tests kill and restart these freely; each one is
+stopped by its own PID when the test ends, whether it passed or not. A module
+overrides `redis_server` and `extra_env` to run all of this on another kind of
+Redis (append-only, a cluster).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from support.postgres import Postgres, clone_database, remove, start_migrated
+from support.cluster import RedisCluster
 
-from ..support import Api, ApiServer, RedisServer, http_client
+from ..support import Api, ApiServer, RedisServer, http_client, redis_client, started
 from .harness import Durable
 
 # A request slower than this counts as hanging: the client gives up.
@@ -27,36 +29,27 @@ CLIENT_TIMEOUT_SECONDS = 10.0
 LOG_TAIL_CHARS = 8000
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    server = start_migrated()
-    try:
-        yield server
-    finally:
-        remove(server)
-
-
-@pytest.fixture
-async def pg_url(postgres: Postgres) -> str:
-    """A fresh, migrated database for this test alone."""
-    return await clone_database(postgres)
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """This test's own redis-server (no persistence; a module may override it)."""
-    server = RedisServer(tmp_path / "redis").start()
-    try:
+    with started(RedisServer(tmp_path / "redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
-def stack(redis_server: RedisServer, pg_url: str, tmp_path: Path) -> Iterator[Durable]:
+def extra_env() -> dict[str, str]:
+    """Settings the API and the writers get on top of the suite's (none; a
+    module may override it)."""
+    return {}
+
+
+@pytest.fixture
+def stack(redis_server: RedisServer | RedisCluster, pg_url: str, extra_env: dict[str, str],
+          tmp_path: Path) -> Iterator[Durable]:
     """The API on this test's Redis and Postgres; writers are started by the test."""
-    api = ApiServer(redis_server.url, tmp_path, {"COUPONSVC_DATABASE_URL": pg_url}).start()
-    durable = Durable(redis_server, pg_url, api, tmp_path)
+    api = ApiServer(redis_server.url, tmp_path,
+                    {"COUPONSVC_DATABASE_URL": pg_url, **extra_env}).start()
+    durable = Durable(redis_server, pg_url, api, tmp_path, extra_env=extra_env)
     try:
         yield durable
     finally:
@@ -70,8 +63,8 @@ async def api(stack: Durable) -> AsyncIterator[Api]:
 
 
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=5)
+async def redis(redis_server: RedisServer | RedisCluster) -> AsyncIterator[Redis]:
+    client = redis_client(redis_server, socket_timeout=5)
     try:
         yield client
     finally:

@@ -25,31 +25,12 @@ from redis.asyncio import Redis
 from couponsvc.outbox import GROUP
 from support.cluster import RedisCluster
 
-from ..support import (
-    PROJECT_ROOT,
-    ApiServer,
-    RedisServer,
-)
+from ..support import PROJECT_ROOT, Api, ApiServer, RedisServer, stop_process
 from .load import Tally
 
 # A writer presumed dead once its entries sit unacknowledged this long.
 CLAIM_IDLE_MS = "500"
-STOP_TIMEOUT_SECONDS = 15.0
 CLI_TIMEOUT_SECONDS = 60.0
-
-
-def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
-                 timeout: float = STOP_TIMEOUT_SECONDS) -> int:
-    """Signals one process this suite started, by its own PID; reaps it; its exit code."""
-    if process.poll() is None:
-        process.send_signal(sig)
-        process.send_signal(signal.SIGCONT)  # a paused process must run to see the signal
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
 
 
 @dataclass
@@ -213,6 +194,15 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: s
     while not await check():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         await asyncio.sleep(interval)
+
+
+async def wait_until_serving(api: Api, book_id: str, user: str, timeout: float,
+                             what: str) -> None:
+    """Retries one user's assign until the API answers 200: the moment it
+    serves again after Redis failed."""
+    async def serving() -> bool:
+        return (await api.assign(book_id, user)).status_code == 200
+    await wait_for(serving, timeout, what, interval=0.2)
 
 
 async def assert_acknowledged_in_postgres(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -112,6 +113,25 @@ async def run_load(api: Api, book_id: str, tally: Tally, *, flows: int, concurre
                 await asyncio.sleep(pause_on_error_s)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+@asynccontextmanager
+async def load_running(api: Api, book_id: str, *, flows: int, concurrency: int,
+                       deadline_s: float, pause_on_error_s: float = 0.0
+                       ) -> AsyncIterator[Tally]:
+    """`run_load` in the background while the block breaks things; when the
+    block ends, passed or failed, the load is stopped and awaited. Yields the
+    tally it fills."""
+    tally = Tally()
+    stop = asyncio.Event()
+    load = asyncio.create_task(run_load(api, book_id, tally, flows=flows,
+                                        concurrency=concurrency, deadline_s=deadline_s,
+                                        stop=stop, pause_on_error_s=pause_on_error_s))
+    try:
+        yield tally
+    finally:
+        stop.set()
+        await load
 
 
 def flows_reached(tally: Tally, flows: int) -> Callable[[], Awaitable[bool]]:

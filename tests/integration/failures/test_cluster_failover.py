@@ -10,8 +10,7 @@ replicates asynchronously); that was seen in testing."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -22,7 +21,7 @@ from redis.asyncio import RedisCluster as ClusterClient
 
 from support.cluster import RedisCluster
 
-from ..support import Api, ApiServer, new_code, new_user
+from ..support import Api, new_code, new_user, started
 from .harness import (
     Durable,
     assert_acknowledged_in_postgres,
@@ -30,8 +29,9 @@ from .harness import (
     duplicate_events,
     stream_of,
     wait_for,
+    wait_until_serving,
 )
-from .load import Tally, flows_reached, run_load
+from .load import flows_reached, load_running
 
 pytestmark = pytest.mark.integration
 
@@ -47,65 +47,39 @@ EXPECTED = {200, 409, 423, 503}
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
-    nodes = RedisCluster(tmp_path / "cluster").start()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
+def redis_server(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A local Redis Cluster, three primaries with a replica each, in place of
+    the folder's redis-server: the API, the writers and `redis` all use it."""
+    with started(RedisCluster(tmp_path / "cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture
-def stack(cluster: RedisCluster, pg_url: str, tmp_path: Path) -> Iterator[Durable]:
-    api = ApiServer(cluster.url, tmp_path,
-                    {"COUPONSVC_DATABASE_URL": pg_url, **CLUSTER_ENV}).start()
-    durable = Durable(cluster, pg_url, api, tmp_path, extra_env=CLUSTER_ENV)
-    try:
-        yield durable
-    finally:
-        durable.close()
-
-
-@pytest.fixture
-async def redis(cluster: RedisCluster) -> AsyncIterator[Redis]:
-    client = ClusterClient.from_url(cluster.url, decode_responses=True, socket_timeout=5)
-    try:
-        yield cast(Redis, client)
-    finally:
-        await client.aclose()
+def extra_env() -> dict[str, str]:
+    """Cluster mode, and every change confirmed by the replica before it is acknowledged."""
+    return CLUSTER_ENV
 
 
 async def test_a_primary_killed_under_load_fails_over_without_losing_anything(
-        stack: Durable, api: Api, redis: Redis, cluster: RedisCluster,
+        stack: Durable, api: Api, redis: Redis, redis_server: RedisCluster,
         conn: asyncpg.Connection) -> None:
     book = await api.create_book(lockTtlSeconds=3600)
     await api.upload(book["id"], [new_code() for _ in range(CODES)])
     stream = await stream_of(redis, book["id"])
     victim = cast(ClusterClient, redis).get_node_from_key(stream).port
-    assert victim in cluster.primaries()
+    assert victim in redis_server.primaries()
     writer = stack.start_writer()
 
-    tally = Tally()
-    stop = asyncio.Event()
-    load = asyncio.create_task(run_load(api, book["id"], tally, flows=FLOWS,
-                                        concurrency=CONCURRENCY, deadline_s=LOAD_SECONDS,
-                                        stop=stop, pause_on_error_s=0.2))
-    try:
+    async with load_running(api, book["id"], flows=FLOWS, concurrency=CONCURRENCY,
+                            deadline_s=LOAD_SECONDS, pause_on_error_s=0.2) as tally:
         await wait_for(flows_reached(tally, 150), LOAD_SECONDS, "the load to start")
-        cluster.kill(victim)  # the book's primary: its replica must take over
-        probe = new_user()
-
-        async def serving() -> bool:
-            return (await api.assign(book["id"], probe)).status_code == 200
-        await wait_for(serving, FAILOVER_SECONDS, "the API to serve after failover",
-                       interval=0.2)
-        assert victim not in cluster.primaries()
+        redis_server.kill(victim)  # the book's primary: its replica must take over
+        await wait_until_serving(api, book["id"], new_user(), FAILOVER_SECONDS,
+                                 "the API to serve after failover")
+        assert victim not in redis_server.primaries()
         at_resume = tally.flows
         await wait_for(flows_reached(tally, at_resume + 100), LOAD_SECONDS,
                        "the load to go on after the failover")
-    finally:
-        stop.set()
-        await load
     assert not [s for s in tally.statuses if s.startswith("error")], tally.statuses
     assert {int(s.split()[1]) for s in tally.statuses} <= EXPECTED, tally.statuses
 

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 from redis.asyncio import Redis
 
-from ..support import Api, RedisServer, assert_problem, new_code, new_user
+from ..support import Api, RedisServer, assert_unavailable, new_code, new_user, started
 from .harness import (
     AofRedis,
     Durable,
@@ -22,8 +21,9 @@ from .harness import (
     duplicate_events,
     stream_of,
     wait_for,
+    wait_until_serving,
 )
-from .load import Tally, flows_reached, run_load
+from .load import flows_reached, load_running
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +42,8 @@ EXPECTED = {200, 409, 423, 503}
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """AOF with fsync every second, as production runs it."""
-    server = AofRedis(tmp_path / "redis").start()
-    try:
+    with started(AofRedis(tmp_path / "redis")) as server:
         yield server
-    finally:
-        server.stop()
-
-
-def assert_unavailable(response: httpx.Response) -> None:
-    assert_problem(response, 503, "service-unavailable")
-    assert int(response.headers["retry-after"]) >= 1
 
 
 async def test_acknowledged_changes_survive_a_redis_crash(
@@ -62,12 +54,8 @@ async def test_acknowledged_changes_survive_a_redis_crash(
     stream = await stream_of(redis, book["id"])
     writer = stack.start_writer()
 
-    tally = Tally()
-    stop = asyncio.Event()
-    load = asyncio.create_task(run_load(api, book["id"], tally, flows=FLOWS,
-                                        concurrency=CONCURRENCY, deadline_s=LOAD_SECONDS,
-                                        stop=stop, pause_on_error_s=0.5))
-    try:
+    async with load_running(api, book["id"], flows=FLOWS, concurrency=CONCURRENCY,
+                            deadline_s=LOAD_SECONDS, pause_on_error_s=0.5) as tally:
         await wait_for(flows_reached(tally, 150), LOAD_SECONDS, "the load to start")
         redis_server.kill()
         probe = new_user()
@@ -80,16 +68,11 @@ async def test_acknowledged_changes_survive_a_redis_crash(
 
         redis_server.start()  # same port, same folder: it replays its AOF
         await redis.connection_pool.disconnect()  # this test's own client: connect afresh
-
-        async def serving() -> bool:
-            return (await api.assign(book["id"], probe)).status_code == 200
-        await wait_for(serving, RECOVERY_SECONDS, "the API to serve again", interval=0.2)
+        await wait_until_serving(api, book["id"], probe, RECOVERY_SECONDS,
+                                 "the API to serve again")
         at_resume = tally.flows
         await wait_for(flows_reached(tally, at_resume + 100), LOAD_SECONDS,
                        "the load to go on after the restart")
-    finally:
-        stop.set()
-        await load
     assert tally.statuses["assign 503"] > 0, tally.statuses
     assert not [s for s in tally.statuses if s.startswith("error")], tally.statuses
     assert {int(s.split()[1]) for s in tally.statuses} <= EXPECTED, tally.statuses

@@ -20,18 +20,17 @@ from couponsvc.metrics import WriterMetrics
 from couponsvc.outbox import GROUP, Event, apply_events, parse_entries
 from couponsvc.writer import Writer, WriterConfig
 
-from ..support import Api, free_port
+from ..support import Api, free_port, stop_process
 from .harness import (
     Durable,
     differences,
     duplicate_events,
     event_types,
-    stop_process,
     stream_of,
     unacknowledged,
     wait_for,
 )
-from .load import Tally, churn, flows_reached, run_load
+from .load import Tally, churn, flows_reached, load_running, run_load
 
 pytestmark = pytest.mark.integration
 
@@ -251,20 +250,14 @@ async def test_sigterm_stops_a_busy_writer_cleanly(
     book, _ = await api.book_with_codes(300)
     stream = await stream_of(redis, book["id"])
     writer = stack.start_writer()
-    tally = Tally()
-    stop = asyncio.Event()
-    load = asyncio.create_task(run_load(api, book["id"], tally, flows=300, concurrency=20,
-                                        deadline_s=30, stop=stop))
-    try:
+    async with load_running(api, book["id"], flows=300, concurrency=20,
+                            deadline_s=30) as tally:
         async def applying() -> bool:
             return bool(await conn.fetchval("SELECT count(*) FROM events WHERE type = 'assigned'"))
         await wait_for(applying, CATCH_UP_SECONDS, "the writer to apply events")
         # A writer that outlives the timeout is killed, and its code is then -9.
         code = await asyncio.to_thread(stop_process, writer, signal.SIGTERM, STOP_SECONDS)
         await wait_for(flows_reached(tally, tally.flows + 20), CATCH_UP_SECONDS, "more load")
-    finally:
-        stop.set()
-        await load
     assert code == 0, stack.writer_log(writer)[-1500:]
     assert "stopped" in stack.writer_log(writer)
     assert await unacknowledged(redis, stream) > 0  # the load went on after it stopped
