@@ -68,14 +68,14 @@ class WriterConfig:
 
 @dataclass
 class _Batches:
-    """The batches of one stream's pass: those in flight, and what the settled
-    ones came to."""
+    """The batches of one stream's pass: those in flight, and the tally of
+    those that finished."""
 
     batch_size: int
     in_flight: set[asyncio.Future[tuple[bool, int]]] = field(default_factory=set)
     started: int = 0
     more: bool = True  # the last batch read was full: the backlog may go on
-    settled: bool = True  # every batch so far was applied or parked
+    settled: bool = True  # every finished batch was applied or parked, all of it
     applied: int = 0
     failure: BaseException | None = None
 
@@ -84,7 +84,10 @@ class _Batches:
         self.started += 1
         self.more = size >= self.batch_size
 
-    def collect(self, done: set[asyncio.Future[tuple[bool, int]]]) -> None:
+    async def wait_one(self) -> None:
+        """Waits until at least one batch in flight finishes, and tallies it."""
+        done, self.in_flight = await asyncio.wait(self.in_flight,
+                                                  return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if (error := task.exception()) is not None:
                 self.failure = self.failure or error
@@ -92,6 +95,12 @@ class _Batches:
             batch_settled, batch_applied = task.result()
             self.settled &= batch_settled
             self.applied += batch_applied
+
+    def cancel_all(self) -> None:
+        """Stops the batches in flight: their transactions roll back and their
+        entries stay pending, to be read again."""
+        for task in self.in_flight:
+            task.cancel()
 
 
 class Writer:
@@ -193,16 +202,13 @@ class Writer:
         batches = _Batches(self.config.batch_size)
         batches.start(self._settle(stream, first), len(first))
         try:
-            while batches.in_flight:
+            while True:
                 await self._start_more(stream, batches)
-                done, batches.in_flight = await asyncio.wait(
-                    batches.in_flight, return_when=asyncio.FIRST_COMPLETED)
-                batches.collect(done)
+                if not batches.in_flight:
+                    break  # every batch finished and no more are due this pass
+                await batches.wait_one()
         finally:
-            # Cancelled (or an unexpected error) mid-pass: stop the batches in
-            # flight (their transactions roll back, their entries stay pending).
-            for task in batches.in_flight:
-                task.cancel()
+            batches.cancel_all()  # none left, unless cancelled (or a bug) mid-pass
         if batches.failure is not None:
             raise batches.failure  # only now that no batch is still running
         if batches.settled:
@@ -210,8 +216,9 @@ class Writer:
         return batches.applied
 
     async def _start_more(self, stream: str, batches: _Batches) -> None:
-        """Reads and starts further batches while the stream has a full batch
-        waiting, up to `parallel_batches` in flight and `batches_per_pass` in all."""
+        """Reads and starts further batches while the last one read was full
+        (the backlog may go on), up to `parallel_batches` in flight and
+        `batches_per_pass` in all."""
         cfg = self.config
         while batches.more and batches.failure is None \
                 and len(batches.in_flight) < cfg.parallel_batches \
