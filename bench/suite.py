@@ -234,8 +234,8 @@ def _peaks(bench: Bench) -> tuple[float, dict[str, list[tuple[str, str]]]]:
     if abs(first - last) > HEALTHZ_DRIFT * base:
         r["notes"].append(
             f"/healthz did {first:,.0f} req/s before the hot endpoints and {last:,.0f} after "
-            f"({(last - first) / first:+.0%}): the machine's speed changed during the peaks, "
-            "and each ratio is only as exact as that.")
+            f"({(last - first) / base:+.0%} of their mean): the machine's speed changed "
+            "during the peaks, and each ratio is only as exact as that.")
     for mode in ("assign", "lock", "redeem", "list"):
         tp[mode]["ratio_to_healthz"] = round(tp[mode]["rps"] / base, 3)
     for key, item in tp.items():
