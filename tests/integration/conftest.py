@@ -20,17 +20,10 @@ from redis.asyncio import Redis
 from support.cluster import RedisCluster
 from support.postgres import Postgres, clone_database, migrated
 
-from .support import (
-    AUDIENCE,
-    ISSUER,
-    Api,
-    ApiServer,
-    RedisServer,
-    Stack,
-    http_client,
-    redis_client,
-    running_stack,
-)
+from .api_client import Api, http_client
+from .redis_state import redis_client
+from .servers import ApiServer, RedisServer, Stack, running_stack
+from .tokens import AUDIENCE, ISSUER
 
 LOG_TAIL_CHARS = 8000
 

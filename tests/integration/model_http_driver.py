@@ -16,7 +16,9 @@ from .model_drivers import (
     redeem_request,
 )
 from .model_types import Caller
-from .support import PROBLEM_MEDIA_TYPE, ApiServer, bearer
+from .problems import PROBLEM_MEDIA_TYPE
+from .servers import ApiServer
+from .tokens import bearer
 
 
 class HttpDriver:

@@ -22,7 +22,7 @@ from .coupon_model import CouponModel
 from .model_drivers import Driver, Result, every_page
 from .model_redis import EventLog, check_lock_times, check_redis_state, server_ms
 from .model_types import STATUS, BookState, Caller, Expected
-from .support import ALPHABET
+from .names import ALPHABET
 
 WRITER = Caller("checkout-backend", acts_for_anyone=True)
 LOCK_TTL_SECONDS = 600  # no lock expires by itself during a run: expire_locks ends them

@@ -8,7 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis.asyncio import Redis
 
-from .support import Api, assert_problem, book_keys, events, new_code, new_user
+from .api_client import Api
+from .names import new_code, new_user
+from .problems import assert_problem
+from .redis_state import book_keys, events
 
 pytestmark = pytest.mark.integration
 

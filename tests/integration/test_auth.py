@@ -13,22 +13,11 @@ import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
-from .support import (
-    ADMIN,
-    AUDIENCE,
-    ISSUER,
-    WRITE,
-    Api,
-    ApiServer,
-    Stack,
-    assert_problem,
-    bearer,
-    http_client,
-    make_token,
-    new_code,
-    new_user,
-    unsigned_token,
-)
+from .api_client import Api, http_client
+from .names import new_code, new_user
+from .problems import assert_problem
+from .servers import ApiServer, Stack
+from .tokens import ADMIN, AUDIENCE, ISSUER, WRITE, bearer, make_token, unsigned_token
 
 pytestmark = pytest.mark.integration
 

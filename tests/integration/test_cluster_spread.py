@@ -9,7 +9,9 @@ from redis.asyncio import RedisCluster as ClusterClient
 
 from support.cluster import RedisCluster
 
-from .support import Api, ApiServer, new_user
+from .api_client import Api
+from .names import new_user
+from .servers import ApiServer
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError, Time
 from couponsvc.coalesce import Coalescer, CommandPipe, Replicas, ReplicationLagging
 from couponsvc.resp import RespPipeline
 
-from .support import RedisServer, free_port
+from .servers import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from .support import ALPHABET, Api, assert_problem, bearer, book_keys, events, new_code, new_user
+from .api_client import Api
+from .names import ALPHABET, new_code, new_user
+from .problems import assert_problem
+from .redis_state import book_keys, events
+from .tokens import bearer
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from .support import Api, book_keys, events, new_user
+from .api_client import Api
+from .names import new_user
+from .redis_state import book_keys, events
 
 pytestmark = pytest.mark.integration
 

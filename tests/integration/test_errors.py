@@ -7,7 +7,10 @@ import uuid
 import httpx
 import pytest
 
-from .support import Api, assert_problem, bearer, new_code, new_user
+from .api_client import Api
+from .names import new_code, new_user
+from .problems import assert_problem
+from .tokens import bearer
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,10 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from .support import Api, Stack, book_keys, http_client, new_user
+from .api_client import Api, http_client
+from .names import new_user
+from .redis_state import book_keys
+from .servers import Stack
 
 pytestmark = pytest.mark.integration
 

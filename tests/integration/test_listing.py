@@ -9,7 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from .support import Api, assert_problem, new_user
+from .api_client import Api
+from .names import new_user
+from .problems import assert_problem
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ from .model_http_driver import HttpDriver
 from .model_machine import CouponMachine
 from .model_service_driver import ServiceDriver
 from .model_strategies import machine_settings
-from .support import ApiServer, RedisServer
+from .servers import ApiServer, RedisServer
 
 # A passing run takes seconds; a failing one also shrinks (hypothesis stops
 # shrinking after 300 s), which the default timeout would cut short.

@@ -18,8 +18,11 @@ from redis.asyncio import Redis
 
 from support.cluster import RedisCluster
 
+from .api_client import Api, http_client
 from .conftest import is_cluster
-from .support import Api, ApiServer, RedisServer, assert_problem, http_client, new_code, new_user
+from .names import new_code, new_user
+from .problems import assert_problem
+from .servers import ApiServer, RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from .support import Api, Stack, assert_unavailable, http_client, new_code, new_user
+from .api_client import Api, http_client
+from .names import new_code, new_user
+from .problems import assert_unavailable
+from .servers import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -15,15 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from .support import (
-    Api,
-    Stack,
-    assert_problem,
-    bearer,
-    http_client,
-    new_code,
-    running_stack,
-)
+from .api_client import Api, http_client
+from .names import new_code
+from .problems import assert_problem
+from .servers import Stack, running_stack
+from .tokens import bearer
 
 pytestmark = pytest.mark.integration
 

@@ -44,16 +44,9 @@ from schemathesis.specs.openapi.checks import (
 from couponsvc import openapi
 from couponsvc.routes import OPERATIONS
 
-from .support import (
-    ADMIN,
-    PROBLEM_MEDIA_TYPE,
-    PROJECT_ROOT,
-    WRITE,
-    Stack,
-    bearer,
-    make_token,
-    running_stack,
-)
+from .problems import PROBLEM_MEDIA_TYPE
+from .servers import PROJECT_ROOT, Stack, running_stack
+from .tokens import ADMIN, WRITE, bearer, make_token
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from .support import PROJECT_ROOT, Api, ApiServer, assert_problem, book_keys, new_code
+from .api_client import Api
+from .names import new_code
+from .problems import assert_problem
+from .redis_state import book_keys
+from .servers import PROJECT_ROOT, ApiServer
 
 pytestmark = pytest.mark.integration
 

@@ -18,17 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from .support import (
-    START_TIMEOUT_SECONDS,
-    STOP_TIMEOUT_SECONDS,
-    Api,
-    ApiServer,
-    Stack,
-    assert_problem,
-    http_client,
-    new_user,
-    running_stack,
-)
+from .api_client import Api, http_client
+from .names import new_user
+from .problems import assert_problem
+from .servers import START_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, ApiServer, Stack, running_stack
 
 pytestmark = pytest.mark.integration
 

@@ -37,7 +37,7 @@ from couponsvc.verify import Difference, collect
 from couponsvc.writer import Writer, WriterConfig
 from support.cluster import RedisCluster
 
-from ..support import RedisServer, started
+from ..servers import RedisServer, started
 
 OPS = Principal("ops", frozenset({ADMIN, WRITE}))
 # Microseconds that Postgres keeps and Redis's milliseconds drop: rebuild and

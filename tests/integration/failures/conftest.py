@@ -21,7 +21,9 @@ from redis.asyncio import Redis
 
 from support.cluster import RedisCluster
 
-from ..support import Api, ApiServer, RedisServer, http_client, redis_client, started
+from ..api_client import Api, http_client
+from ..redis_state import redis_client
+from ..servers import ApiServer, RedisServer, started
 from .harness import Durable
 
 # A request slower than this counts as hanging: the client gives up.

@@ -25,7 +25,8 @@ from redis.asyncio import Redis
 from couponsvc.outbox import GROUP
 from support.cluster import RedisCluster
 
-from ..support import PROJECT_ROOT, Api, ApiServer, RedisServer, stop_process
+from ..api_client import Api
+from ..servers import PROJECT_ROOT, ApiServer, RedisServer, stop_process
 from .load import Tally
 
 # A writer presumed dead once its entries sit unacknowledged this long.
@@ -113,8 +114,7 @@ class Durable:
     def close(self) -> None:
         for process in self.writers:
             stop_process(process)
-        self.api.stop()
-        self.redis.stop()
+        self.api.stop()  # the Redis server is its fixture's to stop (redis_server)
 
 
 async def book_prefix(redis: Redis, book_id: str) -> str:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ..support import Api, new_user
+from ..api_client import Api
+from ..names import new_user
 
 # Locks in the load outlive the test, so no lock_expired event is ever recorded
 # and every 2xx assign/lock/redeem is exactly one outbox event.

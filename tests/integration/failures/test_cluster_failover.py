@@ -21,7 +21,9 @@ from redis.asyncio import RedisCluster as ClusterClient
 
 from support.cluster import RedisCluster
 
-from ..support import Api, new_code, new_user, started
+from ..api_client import Api
+from ..names import new_code, new_user
+from ..servers import started
 from .harness import (
     Durable,
     assert_acknowledged_in_postgres,

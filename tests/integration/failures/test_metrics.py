@@ -9,7 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from ..support import Api, new_code, new_user
+from ..api_client import Api
+from ..names import new_code, new_user
 from .harness import Durable, stream_of, unacknowledged, wait_for
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 
 from couponsvc.outbox import GROUP
 
-from ..support import Api, new_code
+from ..api_client import Api
+from ..names import new_code
 from .harness import Durable, differences, event_types, stream_of, unacknowledged, wait_for
 from .load import churn
 

@@ -14,7 +14,9 @@ from redis.asyncio import Redis
 
 from support.postgres import Postgres, clone_database, migrated
 
-from ..support import Api, assert_unavailable, new_code
+from ..api_client import Api
+from ..names import new_code
+from ..problems import assert_unavailable
 from .harness import (
     Durable,
     differences,

@@ -12,7 +12,10 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from ..support import Api, RedisServer, assert_unavailable, new_code, new_user, started
+from ..api_client import Api
+from ..names import new_code, new_user
+from ..problems import assert_unavailable
+from ..servers import RedisServer, started
 from .harness import (
     AofRedis,
     Durable,

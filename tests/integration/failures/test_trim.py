@@ -15,7 +15,7 @@ from couponsvc.keys import Keys
 from couponsvc.outbox import GROUP
 from couponsvc.writer import Writer, WriterConfig, trim_acknowledged
 
-from ..support import Api
+from ..api_client import Api
 from .harness import Durable, differences, stream_of
 from .load import churn
 
@@ -48,8 +48,8 @@ async def test_only_acknowledged_entries_are_trimmed(
 
     # The writer, in this process, trimming on every pass; it reclaims nothing,
     # and applies one batch per pass, so the test knows where it stands.
-    config = WriterConfig(batch_size=150, parallel_batches=1, claim_idle_ms=3_600_000,
-                          trim_interval_s=0, consumer="live-writer")
+    config = WriterConfig(batch_size=150, parallel_batches=1, batches_per_pass=1,
+                          claim_idle_ms=3_600_000, trim_interval_s=0, consumer="live-writer")
     writer = Writer(redis, pool, Keys("cb"), config)
     assert await writer.step() == 150  # applies and acknowledges the first 150
     held = await redis.xreadgroup(GROUP, STALLED, {stream: ">"}, count=10)

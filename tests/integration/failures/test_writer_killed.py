@@ -13,7 +13,8 @@ from redis.asyncio import Redis
 
 from couponsvc.outbox import GROUP
 
-from ..support import Api, new_code
+from ..api_client import Api
+from ..names import new_code
 from .harness import (
     Durable,
     differences,

@@ -20,7 +20,8 @@ from couponsvc.metrics import WriterMetrics
 from couponsvc.outbox import GROUP, Event, apply_events, parse_entries
 from couponsvc.writer import Writer, WriterConfig
 
-from ..support import Api, free_port, stop_process
+from ..api_client import Api
+from ..servers import free_port, stop_process
 from .harness import (
     Durable,
     differences,
