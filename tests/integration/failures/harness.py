@@ -26,6 +26,7 @@ from couponsvc.outbox import GROUP
 from support.cluster import RedisCluster
 
 from ..api_client import Api
+from ..redis_state import book_keys
 from ..servers import PROJECT_ROOT, ApiServer, RedisServer, stop_process
 from .load import Tally
 
@@ -117,14 +118,8 @@ class Durable:
         self.api.stop()  # the Redis server is its fixture's to stop (redis_server)
 
 
-async def book_prefix(redis: Redis, book_id: str) -> str:
-    number = await redis.hget("cb:books", book_id)
-    assert number is not None, f"{book_id} not in cb:books"
-    return f"cb:{{book:{number}}}"
-
-
 async def stream_of(redis: Redis, book_id: str) -> str:
-    return f"{await book_prefix(redis, book_id)}:events"
+    return f"{await book_keys(redis, book_id)}:events"
 
 
 def _ms(moment: datetime | None) -> int:
@@ -135,7 +130,7 @@ async def differences(redis: Redis, conn: asyncpg.Connection, book_id: str) -> l
     """Each code of the book whose state differs: Redis's `assigned` hash and
     `free` set against Postgres's codes rows (owner, assignedAt, times
     redeemed, last redemption, version)."""
-    prefix = await book_prefix(redis, book_id)
+    prefix = await book_keys(redis, book_id)
     expected: dict[str, tuple[Any, ...]] = {
         code: (None, 0, 0, 0, 0) for code in await redis.smembers(f"{prefix}:free")}
     for code, raw in (await redis.hgetall(f"{prefix}:assigned")).items():
