@@ -114,7 +114,10 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
-class RedisSettings(StoreSettings):
+class RedisSettings:
+    """The `couponsvc:redis` section: where Redis lives (`store`), and how it is run."""
+
+    store: StoreSettings
     cluster: bool  # Redis Cluster (COUPONSVC_REDIS_CLUSTER=true)
     tls: bool  # managed only: rediss://
     nodes: int  # in-cluster only: primaries and replicas together
@@ -124,14 +127,14 @@ class RedisSettings(StoreSettings):
     def parse(cls, section: Section) -> RedisSettings:
         store = _store(section, port=6379, storage="1Gi", image="redis:7.2")
         redis = cls(
-            **vars(store),
+            store=store,
             cluster=section.flag("cluster", True),
             tls=section.flag("tls", store.managed),
             nodes=section.integer("nodes", 6, minimum=1),
             replicas_per_primary=section.integer("replicasPerPrimary", 1),
         )
         section.done()
-        if not redis.managed:
+        if not store.managed:
             shard = 1 + redis.replicas_per_primary
             if not redis.cluster:
                 raise ConfigError("couponsvc:redis: the in-cluster Redis is a Redis Cluster "
@@ -143,7 +146,10 @@ class RedisSettings(StoreSettings):
 
 
 @dataclass(frozen=True)
-class PostgresSettings(StoreSettings):
+class PostgresSettings:
+    """The `couponsvc:postgres` section: where PostgreSQL lives (`store`), and the database."""
+
+    store: StoreSettings
     database: str
     user: str
     sslmode: str | None  # managed: require / verify-ca / verify-full
@@ -151,7 +157,7 @@ class PostgresSettings(StoreSettings):
     @classmethod
     def parse(cls, section: Section) -> PostgresSettings:
         postgres = cls(
-            **vars(_store(section, port=5432, storage="5Gi", image="postgres:16")),
+            store=_store(section, port=5432, storage="5Gi", image="postgres:16"),
             database=section.text("database", "couponsvc"),
             user=section.text("user", "couponsvc"),
             sslmode=section.optional_text("sslmode"),
@@ -161,8 +167,8 @@ class PostgresSettings(StoreSettings):
 
 
 def _store(section: Section, *, port: int, storage: str, image: str) -> StoreSettings:
-    """The StoreSettings half of a `redis` or `postgres` section: both stores read it alike,
-    with their own defaults; each parse adds its own fields to these (`**vars(store)`)."""
+    """The StoreSettings of a `redis` or `postgres` section: both stores read it alike, with
+    their own defaults; each parse reads its own fields next to it."""
     mode = section.text("mode")
     if mode not in ("managed", "in-cluster"):
         raise ConfigError(f"{section.where}.mode must be managed or in-cluster")
@@ -256,7 +262,7 @@ class StackConfig:
 
     def _validate_production(self) -> None:
         env = self.environment
-        if not (self.redis.managed and self.postgres.managed):
+        if not (self.redis.store.managed and self.postgres.store.managed):
             raise ConfigError(f"{env}: Redis and PostgreSQL must be managed endpoints "
                               "(mode: managed); in-cluster stores are for dev and qa")
         if not self.redis.tls:
@@ -285,7 +291,8 @@ class StackSecrets:
         return cls(
             jwt_secret=jwt_secret,
             postgres_password=config.require_secret("postgresPassword"),
-            redis_password=config.get_secret("redisPassword") if stack.redis.managed else None,
+            redis_password=(config.get_secret("redisPassword") if stack.redis.store.managed
+                            else None),
         )
 
 

@@ -40,21 +40,21 @@ class Postgres(pulumi.ComponentResource):
     def __init__(self, name: str, args: PostgresArgs,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("couponsvc:data:Postgres", name, None, opts)
-        settings = args.settings
-        if settings.managed:
-            host: pulumi.Input[str] = settings.host
+        settings, store = args.settings, args.settings.store
+        if store.managed:
+            host: pulumi.Input[str] = store.host
         else:
             host = self._in_cluster(name, args)
         query = f"?sslmode={settings.sslmode}" if settings.sslmode else ""
         user = quote(settings.user, safe="")
         self.url = pulumi.Output.secret(pulumi.Output.all(host, args.password).apply(
             lambda parts: f"postgresql://{user}:{quote(parts[1], safe='')}@{parts[0]}:"
-                          f"{settings.port}/{settings.database}{query}"))
+                          f"{store.port}/{settings.database}{query}"))
         self.register_outputs({"url": self.url})
 
     def _in_cluster(self, name: str, args: PostgresArgs) -> pulumi.Output[str]:
         """One server, its password from a Secret; returns the Service's host name."""
-        settings, ns = args.settings, args.namespace
+        settings, store, ns = args.settings, args.settings.store, args.namespace
         child = pulumi.ResourceOptions(parent=self)
         pg_labels = labels("postgres", args.instance)
         selector = selector_labels("postgres", args.instance)
@@ -79,11 +79,11 @@ class Postgres(pulumi.ComponentResource):
                  "--dbname", settings.database]
         scratch = [("run", "/var/run/postgresql"), ("tmp", "/tmp")]
         store_statefulset(
-            name, ns, "postgres", args.instance, settings, replicas=1,
+            name, ns, "postgres", args.instance, store, replicas=1,
             service_name=service.metadata.name, uid=POSTGRES_UID,
             container=k8s.core.v1.ContainerArgs(
                 name="postgres",
-                image=settings.image,
+                image=store.image,
                 env=[
                     k8s.core.v1.EnvVarArgs(name="POSTGRES_USER", value=settings.user),
                     k8s.core.v1.EnvVarArgs(name="POSTGRES_DB", value=settings.database),
@@ -97,7 +97,7 @@ class Postgres(pulumi.ComponentResource):
                                 key="POSTGRES_PASSWORD"))),
                 ],
                 ports=[k8s.core.v1.ContainerPortArgs(name="postgres", container_port=PORT)],
-                resources=resource_requirements(settings.resources or DEFAULT_RESOURCES),
+                resources=resource_requirements(store.resources or DEFAULT_RESOURCES),
                 readiness_probe=k8s.core.v1.ProbeArgs(
                     exec_=k8s.core.v1.ExecActionArgs(command=ready),
                     period_seconds=5, timeout_seconds=3),

@@ -94,5 +94,5 @@ def deploy() -> None:
     pulumi.export("apiService", api.service.metadata.name)
     pulumi.export("apiReplicas", {"min": stack.api.min_replicas, "max": stack.api.max_replicas})
     pulumi.export("writerReplicas", stack.writer.replicas)
-    pulumi.export("redis", "managed" if stack.redis.managed else "in-cluster")
-    pulumi.export("postgres", "managed" if stack.postgres.managed else "in-cluster")
+    pulumi.export("redis", "managed" if stack.redis.store.managed else "in-cluster")
+    pulumi.export("postgres", "managed" if stack.postgres.store.managed else "in-cluster")

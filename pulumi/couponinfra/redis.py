@@ -69,14 +69,14 @@ class RedisCluster(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("couponsvc:data:RedisCluster", name, None, opts)
         self.cluster = args.settings.cluster
-        if args.settings.managed:
+        if args.settings.store.managed:
             self.url = _managed_url(args.settings, args.password)
         else:
             self.url = self._in_cluster(name, args)
         self.register_outputs({"url": self.url, "cluster": self.cluster})
 
     def _in_cluster(self, name: str, args: RedisClusterArgs) -> pulumi.Output[str]:
-        settings, ns = args.settings, args.namespace
+        settings, store, ns = args.settings, args.settings.store, args.namespace
         child = pulumi.ResourceOptions(parent=self)
         redis_labels = labels("redis", args.instance)
         selector = selector_labels("redis", args.instance)
@@ -112,11 +112,11 @@ class RedisCluster(pulumi.ComponentResource):
             k8s.core.v1.EnvVarArgs(name="POD_NAMESPACE", value_from=_field("metadata.namespace")),
         ]
         statefulset = store_statefulset(
-            name, ns, "redis", args.instance, settings, replicas=settings.nodes,
+            name, ns, "redis", args.instance, store, replicas=settings.nodes,
             service_name=nodes_service, uid=REDIS_UID, pod_management_policy="Parallel",
             container=k8s.core.v1.ContainerArgs(
                 name="redis",
-                image=settings.image,
+                image=store.image,
                 env=node_env,
                 args=[
                     "redis-server",
@@ -139,7 +139,7 @@ class RedisCluster(pulumi.ComponentResource):
                     k8s.core.v1.ContainerPortArgs(name="client", container_port=CLIENT_PORT),
                     k8s.core.v1.ContainerPortArgs(name="bus", container_port=BUS_PORT),
                 ],
-                resources=resource_requirements(settings.resources or DEFAULT_RESOURCES),
+                resources=resource_requirements(store.resources or DEFAULT_RESOURCES),
                 readiness_probe=k8s.core.v1.ProbeArgs(
                     exec_=k8s.core.v1.ExecActionArgs(command=["redis-cli", "ping"]),
                     period_seconds=5, timeout_seconds=2),
@@ -165,7 +165,7 @@ class RedisCluster(pulumi.ComponentResource):
                         security_context=pod_security(REDIS_UID),
                         containers=[k8s.core.v1.ContainerArgs(
                             name="cluster-create",
-                            image=settings.image,
+                            image=store.image,
                             command=["sh", "-c", CLUSTER_CREATE],
                             env=[
                                 k8s.core.v1.EnvVarArgs(name="NODES", value=str(settings.nodes)),
@@ -194,7 +194,7 @@ class RedisCluster(pulumi.ComponentResource):
 def _managed_url(settings: RedisSettings, password: pulumi.Output[str] | None
                  ) -> pulumi.Output[str]:
     scheme = "rediss" if settings.tls else "redis"
-    address = f"{settings.host}:{settings.port}/0"
+    address = f"{settings.store.host}:{settings.store.port}/0"
     if password is None:
         return pulumi.Output.from_input(f"{scheme}://{address}")
     # A secret Output stays secret through apply.

@@ -182,7 +182,6 @@ class CouponService(pulumi.ComponentResource):
                                 exec_=k8s.core.v1.ExecActionArgs(
                                     command=["sleep", str(PRE_STOP_SECONDS)]))),
                         security_context=container_security(),
-                        volume_mounts=[TMP_MOUNT],
                     )),
             ),
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(

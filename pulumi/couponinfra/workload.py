@@ -7,6 +7,7 @@ The constants are what the image really exposes (Dockerfile, src/couponsvc/cli.p
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import pulumi
@@ -127,7 +128,13 @@ def app_pod_template(component: str, instance: str, version: str, *, metrics_por
                      grace_seconds: int, container: k8s.core.v1.ContainerArgs
                      ) -> k8s.core.v1.PodTemplateSpecArgs:
     """The pod of a long-running component of the image (the API, the writer), so both are
-    scraped, spread and locked down alike; `container` mounts TMP_MOUNT (its /tmp)."""
+    scraped, spread and locked down alike. The pod's one volume is TMP_VOLUME, and the
+    template mounts it into `container` (TMP_MOUNT), which therefore sets no volume_mounts."""
+    if container.volume_mounts is not None:
+        raise ValueError(f"{component}: app_pod_template mounts the container's volumes "
+                         "(TMP_MOUNT); the container sets none")
+    container = copy.copy(container)  # the caller's stays as it was
+    container.volume_mounts = [TMP_MOUNT]
     return k8s.core.v1.PodTemplateSpecArgs(
         metadata=k8s.meta.v1.ObjectMetaArgs(
             labels=labels(component, instance, version),

@@ -11,7 +11,6 @@ import pulumi_kubernetes as k8s
 from couponinfra.config import WriterSettings
 from couponinfra.workload import (
     METRICS_PATH,
-    TMP_MOUNT,
     WRITER_METRICS_PORT,
     AppEnv,
     app_pod_template,
@@ -70,7 +69,6 @@ class OutboxWriter(pulumi.ComponentResource):
                         # It serves no API; its metrics endpoint shows the process is up.
                         liveness_probe=http_probe(METRICS_PATH, "metrics", 15, 3, delay=10),
                         security_context=container_security(),
-                        volume_mounts=[TMP_MOUNT],
                     )),
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),

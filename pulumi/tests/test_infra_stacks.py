@@ -239,3 +239,15 @@ def test_every_pod_meets_the_restricted_pod_security_standard(each_stack: Build)
             assert security["allowPrivilegeEscalation"] is False, workload.name
             assert security["capabilities"]["drop"] == ["ALL"], workload.name
             assert security["readOnlyRootFilesystem"] is True, workload.name
+
+
+def test_the_app_pods_have_a_writable_tmp(each_stack: Build) -> None:
+    """The image's root file system is read-only: its pods mount an emptyDir on /tmp."""
+    workloads = [*each_stack.of_kind("Deployment"), each_stack.one("Job", "couponsvc-migrate")]
+    for workload in workloads:
+        pod = pod_spec(workload)
+        empty_dirs = {volume["name"] for volume in pod.get("volumes", []) if "emptyDir" in volume}
+        for spec in pod["containers"]:
+            tmp = [mount["name"] for mount in spec.get("volumeMounts", [])
+                   if mount["mountPath"] == "/tmp"]
+            assert len(tmp) == 1 and tmp[0] in empty_dirs, workload.name
