@@ -172,6 +172,14 @@ def _bucket(results: dict) -> float:
     return max(interval, round(seconds / 6 / interval) * interval)
 
 
+def _of_runs(peak: dict) -> str:
+    """Which peak runs the rate's peak was the lower of (runs before this had one)."""
+    rates = peak.get("runs_ok_per_s", [])
+    if len(rates) < 2:
+        return ""
+    return f"; the lower of {len(rates)} runs: " + ", ".join(f"{r:,.0f}" for r in rates)
+
+
 def markdown(results: dict, title: bool = True) -> str:
     m, st = results["machine"], results["settings"]
     lines = [f"# Soak results ({results['mode']}, {results['minutes']:g} min)", ""] if title \
@@ -184,6 +192,7 @@ def markdown(results: dict, title: bool = True) -> str:
     if rate:
         measured = (f"{peak['totals']['ok_per_s']:,.0f} req/s closed loop, "
                     f"{peak['totals']['connections']} connections, {st['peak_seconds']:g} s"
+                    f"{_of_runs(peak)}"
                     if "totals" in peak else peak.get("skipped", "not measured"))
         lines += [f"Load: a checkout per new user (assign, lock, redeem with the lock token; "
                   f"{st['shares']['list']:.0%} also list their codes, "

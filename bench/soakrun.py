@@ -29,6 +29,7 @@ from suite import _versions
 
 FLOW = Path(__file__).resolve().parent / "soakflow.py"
 PEAK_SESSIONS_PER_S = 3000  # more than one API process can do: codes for the peak phase
+PEAK_RUNS = 2
 
 
 def run_soak(args: argparse.Namespace) -> int:
@@ -100,19 +101,7 @@ def _soak(bench: Bench, args: argparse.Namespace, seconds: float) -> None:
         rate = args.rate
         r["peak"] = {"skipped": f"--rate {args.rate:g} given"}
     else:
-        api.generate(bench.book, math.ceil(PEAK_SESSIONS_PER_S * args.peak_seconds))
-        bench.settle(trimmed=True)
-        bench.quiet()
-        log(f"peak of the checkout mix: closed loop, {args.connections} connections, "
-            f"{args.peak_seconds:g} s")
-        flow(bench, "peak", mode="closed", seconds=args.peak_seconds, think=0.0,
-             connections=args.connections, tag=f"{bench.tag}peak-")
-        peak = r["peak"]["totals"]
-        rate = args.share * peak["ok_per_s"]
-        log(f"peak: {peak['ok_per_s']:,.0f} req/s ({peak['statuses']}); the soak runs at "
-            f"{args.share:.0%}: {rate:,.0f} req/s")
-        if peak["bad"]:
-            r["notes"].append(f"The peak phase had answers that were not 2xx: {peak['bad']}.")
+        rate = args.share * measure_peak(bench, args)
     sessions = rate / requests_per_session(shares)
     r["rate"] = {"requests_per_s": round(rate, 1), "sessions_per_s": round(sessions, 1),
                  "requests_per_session": requests_per_session(shares)}
@@ -149,6 +138,37 @@ def _soak(bench: Bench, args: argparse.Namespace, seconds: float) -> None:
     r["after"]["book_counts"] = api.book(bench.book)["counts"]
     if args.verify:
         r["after"]["verify"] = verify(bench)
+
+
+def measure_peak(bench: Bench, args: argparse.Namespace) -> float:
+    """The mix's peak (req/s answered 2xx), closed loop: the lower of PEAK_RUNS
+    runs. One 15-s run on this shared machine came out 17% above another
+    minutes apart, and 80% of the higher figure was more than the machine
+    could serve; the lower one errs on the side of a soak that can keep up."""
+    r = bench.results
+    api = bench.api
+    api.generate(bench.book, math.ceil(PEAK_SESSIONS_PER_S * args.peak_seconds * PEAK_RUNS))
+    runs = []
+    for n in range(1, PEAK_RUNS + 1):
+        bench.settle(trimmed=True)
+        bench.quiet()
+        log(f"peak of the checkout mix ({n} of {PEAK_RUNS}): closed loop, "
+            f"{args.connections} connections, {args.peak_seconds:g} s")
+        flow(bench, "peak", mode="closed", seconds=args.peak_seconds, think=0.0,
+             connections=args.connections, tag=f"{bench.tag}peak{n}-")
+        runs.append(r.pop("peak"))
+        totals = runs[-1]["totals"]
+        log(f"peak {n}: {totals['ok_per_s']:,.0f} req/s ({totals['statuses']})")
+        if totals["bad"]:
+            r["notes"].append(f"Peak run {n} had answers that were not 2xx: {totals['bad']}.")
+    rates = [run["totals"]["ok_per_s"] for run in runs]
+    r["peak"] = runs[rates.index(min(rates))]
+    r["peak"]["runs_ok_per_s"] = rates
+    if max(rates) > 1.1 * min(rates):
+        r["notes"].append("The peak runs differed by more than 10% ("
+                          + ", ".join(f"{rate:,.0f}" for rate in rates)
+                          + " req/s): the machine's speed changed; the lower one is used.")
+    return min(rates)
 
 
 def flow(bench: Bench, key: str, *, mode: str, seconds: float, think: float,
