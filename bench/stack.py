@@ -85,6 +85,7 @@ class Stack:
         self._spawn(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                            "--dir", str(data), "--appendonly", "yes",
                            "--appendfsync", "everysec", "--auto-aof-rewrite-percentage", "400",
+                           "--rdbcompression", "no",
                            "--save", "",
                            "--logfile", str(data / "redis.log")])
         _wait(lambda: _port_open(port), name, proc=self.procs[name])

@@ -32,6 +32,7 @@ if [ -z "${COUPONSVC_REDIS_URL:-}" ]; then
   else
     redis-server --port "$port" --bind 127.0.0.1 --dir "$run_dir/redis" \
       --appendonly yes --appendfsync everysec --auto-aof-rewrite-percentage 400 \
+      --rdbcompression no \
       --save "" --logfile "$run_dir/redis.log" &
     started+=($!)
     for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done

@@ -128,10 +128,12 @@ class RedisCluster(pulumi.ComponentResource):
                     f"$(POD_NAME).{nodes_service}.$(POD_NAMESPACE).svc.cluster.local",
                     "--cluster-preferred-endpoint-type", "hostname",
                     # As in production: every write in the AOF, fsync each second,
-                    # rewritten when it is 5x its last compact size (README).
+                    # rewritten when it is 5x its last compact size, without LZF
+                    # (README, "Redis persistence").
                     "--appendonly", "yes",
                     "--appendfsync", "everysec",
                     "--auto-aof-rewrite-percentage", "400",
+                    "--rdbcompression", "no",
                     "--dir", "/data",
                     "--protected-mode", "no",
                 ],

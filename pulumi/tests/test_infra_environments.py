@@ -102,6 +102,7 @@ def test_in_cluster_redis_is_a_cluster_of_the_configured_size(stacks: Builder) -
         assert args[args.index("--appendonly") + 1] == "yes"
         assert args[args.index("--appendfsync") + 1] == "everysec"
         assert args[args.index("--auto-aof-rewrite-percentage") + 1] == "400"
+        assert args[args.index("--rdbcompression") + 1] == "no"
 
 
 def test_managed_stores_use_tls(stacks: Builder) -> None:
