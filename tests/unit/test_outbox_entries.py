@@ -1,6 +1,6 @@
 """Which outbox entries the writer takes as they are, and which it sets apart
-to be parked (outbox.parse_entries): every field an event needs, numbers that
-Postgres can store, no NUL byte."""
+to be parked (outbox.parse_entries): every field an event needs, whole
+numbers that fit their columns, no NUL byte."""
 
 from __future__ import annotations
 
@@ -45,7 +45,12 @@ def test_well_formed_entries_become_events_in_order_and_deleted_ones_are_skipped
     # str.isdigit alone would take these: Arabic-Indic and superscript digits.
     ({"at": "\u0663"}, "field 'at' is not a whole number: '\u0663'"),
     ({"last": "\u00b2"}, "field 'last' is not a whole number: '\u00b2'"),
-    ({"assignedAt": "1" * 16}, f"field 'assignedAt' is not a whole number: '{'1' * 16}'"),
+    ({"v": "+1"}, "field 'v' is not a whole number: '+1'"),
+    ({"at": " 1"}, "field 'at' is not a whole number: ' 1'"),
+    ({"assignedAt": "1" * 16}, f"field 'assignedAt' is out of range: '{'1' * 16}'"),
+    # v and times go into integer columns, the times (ms) into bigint ones.
+    ({"v": "2147483648"}, "field 'v' is out of range: '2147483648'"),
+    ({"times": "99999999999"}, "field 'times' is out of range: '99999999999'"),
     ({"user": "nul\x00byte"}, "a field contains a NUL character"),
     ({"note": "\x00"}, "a field contains a NUL character"),
 ])
@@ -55,3 +60,16 @@ def test_an_entry_that_cannot_be_applied_is_set_apart_with_the_reason(
 
     assert [e.id for e in events] == ["1-0"]
     assert [(b.event.id, b.problem) for b in bad] == [("2-0", problem)]
+
+
+@pytest.mark.parametrize("changes", [
+    pytest.param({"v": "2147483647", "times": "2147483647"}, id="integer-columns-at-their-max"),
+    pytest.param({"at": "9" * 15, "assignedAt": "9" * 15, "last": "9" * 15},
+                 id="milliseconds-at-15-digits"),
+    pytest.param({"v": "0", "times": "0", "last": "0"}, id="zeros"),
+])
+def test_numbers_at_the_edges_of_their_columns_are_taken(changes: dict[str, str]) -> None:
+    events, bad = parse_entries("s", [("1-0", assigned(**changes))])
+
+    assert bad == []
+    assert [e.id for e in events] == ["1-0"]
