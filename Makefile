@@ -14,7 +14,7 @@ help:
 	@echo "make lock   refresh the hash-pinned locks in requirements/ (LOCK_ARGS=--upgrade: newest allowed)"
 	@echo "make audit  pip-audit the locks for known vulnerabilities"
 	@echo "make bench  start a local stack, measure it, write bench/results/ (~9.5 min)"
-	@echo "make soak   the checkout mix at 80% of its peak for 10 min: errors, p99, memory, writer lag (~13 min)"
+	@echo "make soak   the checkout mix at 80% of its peak for 10 min: errors, p99, memory, writer lag (~14 min)"
 
 # The venv comes from the locks in requirements/ alone (made by `make lock`):
 # every file checked against its sha256 (--require-hashes), nothing resolved at

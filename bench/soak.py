@@ -27,7 +27,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", type=float, default=0.8, help="share of the measured peak")
     p.add_argument("--rate", type=float, default=0.0,
                    help="requests/s to drive instead of a share of a measured peak")
-    p.add_argument("--peak-seconds", type=float, help="length of the peak phase (default 15)")
+    p.add_argument("--peak-seconds", type=float,
+                   help="length of each of the two peak runs (default 15)")
     p.add_argument("--warmup", type=float,
                    help="seconds before memory is compared (default 120; a third of the run "
                         "at most)")

@@ -173,7 +173,7 @@ def _bucket(results: dict) -> float:
 
 
 def _of_runs(peak: dict) -> str:
-    """Which peak runs the rate's peak was the lower of (runs before this had one)."""
+    """Which peak runs the rate's peak was the lower of (soaks before 057c250 had one)."""
     rates = peak.get("runs_ok_per_s", [])
     if len(rates) < 2:
         return ""

@@ -142,13 +142,15 @@ def _soak(bench: Bench, args: argparse.Namespace, seconds: float) -> None:
 
 def measure_peak(bench: Bench, args: argparse.Namespace) -> float:
     """The mix's peak (req/s answered 2xx), closed loop: the lower of PEAK_RUNS
-    runs. One 15-s run on this shared machine came out 17% above another
-    minutes apart, and 80% of the higher figure was more than the machine
-    could serve; the lower one errs on the side of a soak that can keep up."""
+    runs. Single 15-s runs on this shared machine came out 15-17% apart, and
+    80% of the higher figure was once more than the machine could serve; the
+    lower one errs on the side of a soak that can keep up. Every run's output
+    is kept in results["peak_runs"] (a run cut short stays in results["peak"],
+    as `flow` left it)."""
     r = bench.results
     api = bench.api
     api.generate(bench.book, math.ceil(PEAK_SESSIONS_PER_S * args.peak_seconds * PEAK_RUNS))
-    runs = []
+    runs = r.setdefault("peak_runs", [])
     for n in range(1, PEAK_RUNS + 1):
         bench.settle(trimmed=True)
         bench.quiet()
@@ -162,13 +164,15 @@ def measure_peak(bench: Bench, args: argparse.Namespace) -> float:
         if totals["bad"]:
             r["notes"].append(f"Peak run {n} had answers that were not 2xx: {totals['bad']}.")
     rates = [run["totals"]["ok_per_s"] for run in runs]
-    r["peak"] = runs[rates.index(min(rates))]
-    r["peak"]["runs_ok_per_s"] = rates
-    if max(rates) > 1.1 * min(rates):
+    lowest = min(rates)
+    if lowest <= 0:
+        raise RuntimeError(f"a peak run answered nothing with 2xx ({rates} req/s)")
+    r["peak"] = {"totals": runs[rates.index(lowest)]["totals"], "runs_ok_per_s": rates}
+    if max(rates) > 1.1 * lowest:
         r["notes"].append("The peak runs differed by more than 10% ("
                           + ", ".join(f"{rate:,.0f}" for rate in rates)
-                          + " req/s): the machine's speed changed; the lower one is used.")
-    return min(rates)
+                          + " req/s); the lower one is used.")
+    return lowest
 
 
 def flow(bench: Bench, key: str, *, mode: str, seconds: float, think: float,
