@@ -231,6 +231,9 @@ def _flat_cost(results: dict) -> list[str]:
     if "redis_bytes_per_code" in made:
         line += (f"; Redis used_memory +{made['redis_bytes'] / 2**20:,.0f} MiB "
                  f"({made['redis_bytes_per_code']} bytes per code)")
+    if made.get("rehash_calls"):
+        line += (f"; then {made['rehash_calls']:,} read-only SRANDMEMBER calls let its free "
+                 "set finish growing its table")
     return lines + [line + "."]
 
 

@@ -86,6 +86,8 @@ class Stack:
                            "--dir", str(data), "--appendonly", "yes",
                            "--appendfsync", "everysec", "--auto-aof-rewrite-percentage", "400",
                            "--rdbcompression", "no",
+                           # For DEBUG HTSTATS-KEY (Outbox.finish_rehash), from here only.
+                           "--enable-debug-command", "local",
                            "--save", "",
                            "--logfile", str(data / "redis.log")])
         _wait(lambda: _port_open(port), name, proc=self.procs[name])
