@@ -120,8 +120,10 @@ REHASH_CALLS_PER_CHECK = 20_000
 
 
 class Outbox:
-    """The writer's backlog, read from Redis: entries not yet delivered (lag)
-    plus delivered but not acknowledged (pending), over every book's stream."""
+    """The service's Redis as the bench reads it directly: mostly the writer's
+    backlog (entries not yet delivered, the lag, plus delivered but not
+    acknowledged, pending, over every book's stream), and the upkeep a
+    measurement needs first (finish_rehash)."""
 
     def __init__(self, redis_url: str, prefix: str = "cb") -> None:
         self.redis = redis_sync.Redis.from_url(redis_url, decode_responses=True)
