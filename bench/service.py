@@ -3,9 +3,12 @@ Redis directly, to read the outbox's consumer-group state."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
+import traceback
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,17 @@ from couponsvc.outbox import GROUP
 ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # the service's code alphabet
 LAG_COUNT_LIMIT = 1_000
 _GAUGE = re.compile(r"^(couponsvc_outbox_\w+) ([0-9.eE+-]+)$", re.M)
+
+
+@contextlib.contextmanager
+def failure_recorded(results: dict) -> Iterator[None]:
+    """A failure inside (or Ctrl-C) is printed and kept as `results["error"]`
+    instead of raised, so the figures measured before it are still written."""
+    try:
+        yield
+    except BaseException as exc:
+        results["error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
 
 
 class Api:

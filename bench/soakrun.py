@@ -7,6 +7,7 @@ catch up, compare Redis with Postgres (`couponsvc verify`), write the results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import secrets
@@ -15,13 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import soakreport
 from machine import describe
 from phases import Bench, Sizes
-from service import Api, Outbox, rewrite_aof
+from service import Api, Outbox, failure_recorded, rewrite_aof
 from soakflow import DEFAULT_SHARES, requests_per_session
 from soakwatch import Watch
 from stack import VENV_BIN, Stack
@@ -49,43 +49,38 @@ def run_soak(args: argparse.Namespace) -> int:
         results["notes"].append(f"A {args.minutes:g}-minute run: the warm-up is cut to "
                                 f"{warmup:g} s (a third of the run).")
     stack = Stack()
-    api = outbox = None
-    failed = False
-    try:
+    with failure_recorded(results), contextlib.ExitStack() as cleanup:
+        cleanup.callback(_clean_up, stack, tmp, args.keep)
         log(f"starting redis-server, PostgreSQL, the writer and the API in {stack.root}")
         stack.start_service()
-        api = Api(stack.api_url, stack.token(ttl=int(seconds) + 2 * 3600))
-        outbox = Outbox(stack.redis_url)
+        api = cleanup.enter_context(contextlib.closing(
+            Api(stack.api_url, stack.token(ttl=int(seconds) + 2 * 3600))))
+        outbox = cleanup.enter_context(contextlib.closing(Outbox(stack.redis_url)))
         results["machine"] = describe(*_versions(stack, outbox))
         bench = Bench(api=api, sizes=Sizes(), tmp=tmp, tag=f"s{secrets.token_hex(3)}-",
                       stack=stack, outbox=outbox, results=results)
         _soak(bench, args, seconds)
-    except BaseException as exc:
-        failed = True
-        results["error"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    finally:
-        if api is not None:
-            api.close()
-        if outbox is not None:
-            outbox.close()
-        stack.close(keep=args.keep)
-        if args.keep:
-            log(f"kept {stack.root} and {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     results.setdefault("machine", describe())
     soakreport.summarize(results)
     soakreport.write(results, out)
     print("\n" + "\n".join(f"{r['verdict']:>4}  {r['what']}: {r['measured']} "
                            f"(goal {r['goal']})" for r in results["goals"]))
     print(f"\nresults in {out}/soak.json, soak.md and soak.png")
+    failed = "error" in results
     if args.update_readme and not failed:
         if args.quick:
             print("a --quick run: bench/README.md is left as it is")
         else:
             soakreport.update_readme(results)
     return 1 if failed else 0
+
+
+def _clean_up(stack: Stack, tmp: Path, keep: bool) -> None:
+    stack.close(keep=keep)
+    if keep:
+        log(f"kept {stack.root} and {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def log(message: str) -> None:

@@ -9,7 +9,6 @@ import math
 import secrets
 import shutil
 import time
-import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import report
 import scaling
 from machine import describe
 from phases import QUIET_BUDGET, Bench, Sizes, drain, fixed_rate, hey_check, peak
-from service import Api, Outbox, rewrite_aof
+from service import Api, Outbox, failure_recorded, rewrite_aof
 from stack import Stack
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -38,19 +37,21 @@ def run_suite(args: argparse.Namespace) -> int:
     results: dict = {"mode": "quick" if args.quick else "full", "sizes": asdict(sizes),
                      "notes": [], "cpu": {}}
     stack = Stack() if not args.url else None
-    api = outbox = None
-    failed = False
-    try:
+    outbox = None
+    with failure_recorded(results), contextlib.ExitStack() as cleanup:
+        if not args.keep:
+            cleanup.callback(_remove_tmp, tmp)
         if stack is not None:
+            cleanup.callback(stack.close, keep=args.keep)
             print(f"starting redis-server, PostgreSQL, the writer and the API in {stack.root}",
                   flush=True)
             stack.start_service()
-            api = Api(stack.api_url, stack.token())
-            outbox = Outbox(stack.redis_url)
+            api = cleanup.enter_context(contextlib.closing(Api(stack.api_url, stack.token())))
+            outbox = cleanup.enter_context(contextlib.closing(Outbox(stack.redis_url)))
             results["target"] = ("a local stack started by bench/run.py (one API process; "
                                  "two workers in the workers phase)")
         else:
-            api = Api(args.url, args.token)
+            api = cleanup.enter_context(contextlib.closing(Api(args.url, args.token)))
             results["target"] = args.url
         results["machine"] = describe(*_versions(stack, outbox))
         bench = Bench(api=api, sizes=sizes, tmp=tmp, tag=f"b{secrets.token_hex(3)}-",
@@ -58,21 +59,6 @@ def run_suite(args: argparse.Namespace) -> int:
         if outbox is not None:
             bench.hold_aof_rewrites()
         _phases(bench)
-    except BaseException as exc:
-        failed = True
-        results["error"] = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    finally:
-        if api is not None:
-            api.close()
-        if outbox is not None:
-            outbox.close()
-        if stack is not None:
-            stack.close(keep=args.keep)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                tmp.parent.rmdir()  # bench/results/tmp, when nothing else is kept there
     results.setdefault("machine", describe())
     results.setdefault("target", args.url or "local")
     results["run_seconds"] = round(time.monotonic() - started)
@@ -84,9 +70,16 @@ def run_suite(args: argparse.Namespace) -> int:
     print("\n" + "\n".join(f"{r['verdict']:>4}  {r['what']}: {r['measured']} "
                            f"(target {r['target']})" for r in results["targets"]))
     print(f"\nresults in {out}/latest.json, latest.md and *.png")
+    failed = "error" in results
     if args.update_readme and not failed:
         _update_readme(md)
     return 1 if failed else 0
+
+
+def _remove_tmp(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        tmp.parent.rmdir()  # bench/results/tmp, when nothing else is kept there
 
 
 def _versions(stack: Stack | None, outbox: Outbox | None) -> tuple[str, str]:
