@@ -11,6 +11,9 @@ from limits import parse_many
 MIN_SECRET_BYTES = 32
 # Used only when COUPONSVC_ENV=dev and no secret is given; never valid elsewhere.
 DEV_SECRET = "dev-only-secret-do-not-use-in-production"
+# prod: a database and a strong JWT secret are required; test: a strong secret,
+# the database optional; dev: neither (a fixed, public secret stands in).
+ENVIRONMENTS = ("prod", "test", "dev")
 
 
 class SettingsError(ValueError):
@@ -63,7 +66,11 @@ class Settings:
         return self.env == "dev"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *,
+                 verifies_tokens: bool = True) -> Settings:
+        """The settings in `environ` (default: the process's), checked. A
+        command that never sees a token (the writer, migrate, the operator
+        tools) passes `verifies_tokens=False` and needs no JWT secret."""
         env = os.environ if environ is None else environ
 
         def get(name: str, default: str = "") -> str:
@@ -71,16 +78,20 @@ class Settings:
 
         defaults = cls()
         public_key = get("JWT_PUBLIC_KEY")
-        dev = get("ENV", defaults.env) == "dev"
+        environment = get("ENV", defaults.env)
+        if environment not in ENVIRONMENTS:
+            raise SettingsError(f"COUPONSVC_ENV must be one of {', '.join(ENVIRONMENTS)}, "
+                                f"got {environment!r}")
+        dev = environment == "dev"
         secret = get("JWT_SECRET") or (DEV_SECRET if dev and not public_key else "")
         settings = cls(
             redis_url=get("REDIS_URL", defaults.redis_url),
-            redis_cluster=get("REDIS_CLUSTER", "false").lower() in ("1", "true", "yes"),
+            redis_cluster=_switch(get("REDIS_CLUSTER") or "off", "COUPONSVC_REDIS_CLUSTER"),
             database_url=get("DATABASE_URL"),
             host=get("HOST", defaults.host),
             port=_int(get("PORT", str(defaults.port)), "COUPONSVC_PORT"),
             workers=_int(get("WORKERS", str(defaults.workers)), "COUPONSVC_WORKERS"),
-            env=get("ENV", defaults.env),
+            env=environment,
             jwt_secret=secret,
             jwt_public_key=public_key,
             jwt_algorithm=get("JWT_ALGORITHM", _default_algorithm(public_key)),
@@ -94,7 +105,7 @@ class Settings:
                                        "COUPONSVC_REDIS_WAIT_TIMEOUT_MS"),
             max_body_bytes=_int(get("MAX_BODY_BYTES", str(defaults.max_body_bytes)),
                                 "COUPONSVC_MAX_BODY_BYTES"),
-            rate_limits=_switch(get("RATE_LIMITS", "on"), "COUPONSVC_RATE_LIMITS"),
+            rate_limits=_switch(get("RATE_LIMITS") or "on", "COUPONSVC_RATE_LIMITS"),
             rate_limit_assign=get("RATE_LIMIT_ASSIGN", defaults.rate_limit_assign),
             rate_limit_assign_address=get("RATE_LIMIT_ASSIGN_ADDRESS",
                                           defaults.rate_limit_assign_address),
@@ -110,11 +121,12 @@ class Settings:
             max_upload_codes=_int(get("MAX_UPLOAD_CODES", str(defaults.max_upload_codes)),
                                   "COUPONSVC_MAX_UPLOAD_CODES"),
         )
-        settings.validate()
+        settings.validate(verifies_tokens)
         return settings
 
-    def validate(self) -> None:
-        """Refuse to run with a key that anyone could guess, outside dev mode."""
+    def validate(self, verifies_tokens: bool = True) -> None:
+        """Refuse settings that cannot work, and (where tokens are verified) a
+        key that anyone could guess, outside dev mode."""
         if self.env == "prod" and not self.database_url:
             raise SettingsError("COUPONSVC_DATABASE_URL is required when COUPONSVC_ENV=prod")
         if self.workers < 1:
@@ -132,6 +144,10 @@ class Settings:
             except ValueError:
                 raise SettingsError(f"COUPONSVC_RATE_LIMIT_{name} is not a rate limit like "
                                     f"'30/minute' or '10/minute;50/hour': {value!r}") from None
+        if verifies_tokens:
+            self._validate_token_key()
+
+    def _validate_token_key(self) -> None:
         if self.jwt_public_key:
             if self.jwt_algorithm not in ("RS256", "ES256"):
                 raise SettingsError(
@@ -175,11 +191,12 @@ def _seconds(value: str, name: str) -> float:
 
 
 def _switch(value: str, name: str) -> bool:
+    """on/off, also spelled true/false, 1/0 or yes/no; anything else is refused."""
     if value.lower() in ("on", "true", "1", "yes"):
         return True
     if value.lower() in ("off", "false", "0", "no"):
         return False
-    raise SettingsError(f"{name} must be on or off, got {value!r}")
+    raise SettingsError(f"{name} must be on or off (or true/false), got {value!r}")
 
 
 def _int(value: str, name: str) -> int:

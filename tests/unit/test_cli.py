@@ -1,13 +1,57 @@
-"""`couponsvc writer`'s options and the WriterConfig they build."""
+"""The command line: which commands need a JWT secret, and `couponsvc writer`'s
+options and the WriterConfig they build."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import astuple, replace
 
 import pytest
 
+from couponsvc import cli
 from couponsvc.cli import parser, writer_config
+from couponsvc.settings import Settings
 from couponsvc.writer import WriterConfig
+
+# Production settings without a JWT secret.
+NO_SECRET = {"COUPONSVC_ENV": "prod", "COUPONSVC_DATABASE_URL": "postgresql://db/coupons"}
+
+
+@pytest.fixture
+def no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("COUPONSVC_"):
+            monkeypatch.delenv(name)
+    for name, value in NO_SECRET.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("command", ["_writer", "_migrate", "_rebuild", "_verify", "_inspect"])
+def test_commands_that_never_see_a_token_start_without_a_secret(
+        command: str, no_secret: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer, migrate and the operator tools get the rest of the settings,
+    checked, but no JWT secret is asked of them (least privilege)."""
+    received: list[Settings] = []
+
+    def command_ran(settings: Settings, _: object) -> int:
+        received.append(settings)
+        return 0
+
+    monkeypatch.setattr(cli, command, command_ran)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command.lstrip("_")])
+    assert exit_.value.code == 0
+    assert [(s.env, s.database_url, s.jwt_secret) for s in received] == [
+        ("prod", NO_SECRET["COUPONSVC_DATABASE_URL"], "")]
+
+
+@pytest.mark.parametrize("argv", [["serve"], ["token", "--sub", "alice"]])
+def test_serving_and_issuing_tokens_still_need_a_strong_secret(
+        argv: list[str], no_secret: None, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert "COUPONSVC_JWT_SECRET must be at least 32 bytes" in capsys.readouterr().err
 
 
 def test_writer_options_left_out_keep_the_config_defaults() -> None:

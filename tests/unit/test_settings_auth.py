@@ -370,3 +370,42 @@ def test_a_refused_token_stays_refused(hs_settings):
     for _ in range(2):
         with pytest.raises(errors.Unauthorized):
             verifier.verify(header)
+
+
+@pytest.mark.parametrize("environment", ["production", "staging", "PROD", "development"])
+def test_an_unknown_environment_is_refused(environment):
+    """A typo must not silently start a service that keeps no durable record."""
+    with pytest.raises(SettingsError, match="COUPONSVC_ENV must be one of prod, test, dev"):
+        Settings.from_env({**PROD, "COUPONSVC_ENV": environment})
+
+
+def test_test_environment_needs_a_strong_secret_but_no_database():
+    settings = Settings.from_env({"COUPONSVC_ENV": "test", "COUPONSVC_JWT_SECRET": SECRET})
+    assert (settings.env, settings.database_url) == ("test", "")
+    with pytest.raises(SettingsError, match="JWT_SECRET"):
+        Settings.from_env({"COUPONSVC_ENV": "test", "COUPONSVC_JWT_SECRET": "short"})
+
+
+@pytest.mark.parametrize(("value", "cluster"), [
+    ("true", True), ("on", True), ("1", True), ("YES", True),
+    ("false", False), ("off", False), ("0", False), ("", False)])
+def test_redis_cluster_is_an_on_off_switch(value, cluster):
+    assert Settings.from_env({**PROD, "COUPONSVC_REDIS_CLUSTER": value}).redis_cluster is cluster
+
+
+@pytest.mark.parametrize("value", ["cluster", "enabled", "2"])
+def test_redis_cluster_refuses_other_values(value):
+    with pytest.raises(SettingsError, match="COUPONSVC_REDIS_CLUSTER must be on or off"):
+        Settings.from_env({**PROD, "COUPONSVC_REDIS_CLUSTER": value})
+
+
+def test_commands_that_verify_no_tokens_need_no_secret():
+    env = {k: v for k, v in PROD.items() if k != "COUPONSVC_JWT_SECRET"}
+
+    settings = Settings.from_env(env, verifies_tokens=False)
+
+    assert (settings.env, settings.jwt_secret) == ("prod", "")
+    with pytest.raises(SettingsError, match="DATABASE_URL"):  # the rest is still checked
+        Settings.from_env({"COUPONSVC_ENV": "prod"}, verifies_tokens=False)
+    with pytest.raises(SettingsError, match="JWT_SECRET"):
+        Settings.from_env(env)
