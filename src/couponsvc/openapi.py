@@ -20,6 +20,7 @@ ERROR_DESCRIPTIONS = {
     401: "Missing, malformed, expired or wrongly signed bearer token",
     403: "The token may not do this",
     404: "Unknown book or code (or, for an end user, a code that is not theirs)",
+    408: "The request's head or body did not arrive in time; the connection is closed",
     409: "Conflicts with the current state (exhausted, limit reached, outside validity, ...)",
     413: "Request body too large",
     415: "The body is not JSON",
@@ -27,6 +28,8 @@ ERROR_DESCRIPTIONS = {
     429: "Too many assigns or failed code look-ups; retry after the Retry-After delay",
     503: "Storage unavailable; retry after the Retry-After delay",
 }
+# serving.py's deadlines apply before a request reaches its route: any route.
+ON_EVERY_REQUEST = (408,)
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"},
                                 "description": "Seconds to wait before retrying"}}
 # Path parameters by name: the same rules the handlers check.
@@ -138,7 +141,7 @@ def _operation(op: Operation, schema_of: dict[int, Any]) -> dict[str, Any]:
             response["links"] = links
         responses[str(status)] = response
     problem = {PROBLEM_MEDIA_TYPE: {"schema": schema_of[id(Problem)]}}
-    for status in op.errors:
+    for status in sorted({*op.errors, *ON_EVERY_REQUEST}):
         responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status], "content": problem}
         if status in (423, 429, 503):
             responses[str(status)]["headers"] = _RETRY_AFTER

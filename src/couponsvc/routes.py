@@ -271,13 +271,15 @@ class Operation:
 
 
 _WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 415, 503)
+# Creating a book names no existing book or code: no 404.
+_CREATE_ERRORS = tuple(status for status in _WRITE_ERRORS if status != 404)
 # Assigns and code look-ups are also rate limited (ratelimit.py).
 _LIMITED_ERRORS = (*_WRITE_ERRORS, 429)
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/coupons", create_book, "createCouponBook", "Create a coupon book",
               "coupons", schemas.CreateBook, {201: ("Coupon book created", schemas.Book)},
-              _WRITE_ERRORS),
+              _CREATE_ERRORS),
     Operation("GET", "/coupons/{couponBookId}", get_book, "getCouponBook",
               "A coupon book with live counts", "coupons", None,
               {200: ("The coupon book", schemas.Book)}, (401, 403, 404, 503)),
