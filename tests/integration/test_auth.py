@@ -12,6 +12,7 @@ import httpx
 import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
+from redis.asyncio import Redis
 
 from .api_client import Api, http_client
 from .names import new_code, new_user
@@ -111,17 +112,23 @@ ADMIN_ONLY = [("POST", "/coupons"), ("GET", "/coupons/{book}"), ("POST", "/coupo
 @pytest.mark.parametrize(("method", "path"), ADMIN_ONLY, ids=[p for _, p in ADMIN_ONLY])
 @pytest.mark.parametrize("who", ["writer", "end-user", "unknown-scope"])
 async def test_admin_routes_refuse_other_tokens(
-        api: Api, method: str, path: str, who: str) -> None:
+        api: Api, redis: Redis, method: str, path: str, who: str) -> None:
     book = await api.create_book()
+    before = (await api.get(f"/coupons/{book['id']}")).json()
+    books = await redis.hlen("cb:books")
     token = {"writer": api.server.writer, "end-user": api.server.user(new_user()),
              "unknown-scope": api.server.token("admin", "coupons:superuser")}[who]
-    body = {"name": "x"} if path == "/coupons" else {"couponBookId": book["id"], "codes": ["Z1"]}
+    code = new_code()
+    body = {"name": "x"} if path == "/coupons" else {"couponBookId": book["id"], "codes": [code]}
 
     response = await api.client.request(method, path.format(book=book["id"]),
                                         json=body if method == "POST" else None,
                                         headers=bearer(token))
 
     assert_problem(response, 403, "forbidden")
+    assert await redis.hlen("cb:books") == books  # no book created
+    assert (await api.get(f"/coupons/{book['id']}")).json() == before  # no code added
+    assert (await api.upload(book["id"], [code]))["added"] == 1  # the code is still free
 
 
 async def test_admin_token_is_accepted(api: Api) -> None:

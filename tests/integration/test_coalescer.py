@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
-from couponsvc.coalesce import Coalescer, CommandPipe, Replicas, ReplicationLagging
+from couponsvc.coalesce import MAX_BATCH, Coalescer, CommandPipe, Replicas, ReplicationLagging
 from couponsvc.resp import RespPipeline
 
 from .servers import RedisServer, free_port
@@ -50,6 +50,8 @@ async def pipe(request: pytest.FixtureRequest, server: RedisServer,
 
 
 async def test_concurrent_commands_share_batches_and_keep_their_order(client: Redis) -> None:
+    """Each caller must get the reply to its own command: a reply handed to the
+    wrong future would give one task another's code or lock token."""
     coalescer = Coalescer(client)
     sent: list[int] = []
     original = client.pipeline
@@ -59,10 +61,23 @@ async def test_concurrent_commands_share_batches_and_keep_their_order(client: Re
         return original(*args, **kwargs)
 
     client.pipeline = counting_pipeline  # type: ignore[method-assign]
-    replies = await asyncio.gather(*(coalescer.execute("INCR", "counter") for _ in range(500)))
 
-    assert sorted(replies) == list(range(1, 501))
-    assert len(sent) <= 500 // 256 + 2  # a few batches, not one round trip per command
+    # Fewer tasks than a batch holds, all queued in one loop turn: one pipeline,
+    # and the n-th task queued gets the n-th increment.
+    one_batch = MAX_BATCH // 2
+    replies = await asyncio.gather(*(coalescer.execute("INCR", "one") for _ in range(one_batch)))
+
+    assert replies == list(range(1, one_batch + 1))
+    assert len(sent) == 1
+
+    # More than a batch holds: full batches go at once, each in the order queued
+    # (separate batches may run on separate connections, in any order).
+    replies = await asyncio.gather(*(coalescer.execute("INCR", "many") for _ in range(500)))
+
+    assert len(sent) == 1 + 2  # not one round trip per command
+    batches = [replies[:MAX_BATCH], replies[MAX_BATCH:]]
+    assert all(batch == sorted(batch) for batch in batches), batches
+    assert sorted(replies) == list(range(1, 501))  # every task its own reply
 
 
 async def test_an_error_reply_fails_only_its_own_command(pipe: CommandPipe) -> None:

@@ -186,12 +186,18 @@ async def test_body_under_the_limit_but_over_64_kib_is_accepted(api: Api) -> Non
 
 
 @pytest.mark.parametrize("who", ["writer", "end-user"])
-async def test_upload_needs_admin(api: Api, who: str) -> None:
+async def test_upload_needs_admin(api: Api, redis: Redis, who: str) -> None:
     book = await api.create_book()
+    before = (await api.get(f"/coupons/{book['id']}")).json()
     token = api.server.writer if who == "writer" else api.server.user(new_user())
+    code = new_code()
 
     response = await api.client.post(
-        "/coupons/codes", json={"couponBookId": book["id"], "codes": [new_code()]},
+        "/coupons/codes", json={"couponBookId": book["id"], "codes": [code]},
         headers=bearer(token))
 
     assert_problem(response, 403, "forbidden")
+    assert (await api.get(f"/coupons/{book['id']}")).json() == before
+    assert before["counts"]["total"] == 0
+    assert await redis.hget(directory_key(code), code) is None
+    assert await events(redis, book["id"], "codes_added") == []

@@ -286,7 +286,7 @@ else:
 
 def test_stateful_scenarios_follow_the_links(fuzz_stack: Stack) -> None:
     base_url = fuzz_stack.api.base_url
-    started = 0
+    started = cut_short = 0
 
     class Scenarios(scenarios.as_state_machine()):
         def setup(self) -> None:
@@ -319,7 +319,13 @@ def test_stateful_scenarios_follow_the_links(fuzz_stack: Stack) -> None:
                 max_examples=SCENARIOS - started, stateful_step_count=STEPS,
                 derandomize=attempt == 0, database=None, deadline=None,
                 phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate]))
-            return
+            break
         except hypothesis.errors.FlakyStrategyDefinition:
+            cut_short += 1
             if started >= SCENARIOS:
-                return
+                break
+    # Attempts all cut short early would otherwise pass having checked only
+    # the few scenarios they got to.
+    assert started >= SCENARIOS, (
+        f"only {started} of {SCENARIOS} scenarios ran; {cut_short} of {ATTEMPTS} "
+        "attempts stopped on FlakyStrategyDefinition")

@@ -46,13 +46,21 @@ async def test_a_text_body_needs_the_book_in_the_query(api: Api, params: dict[st
     assert problem["field"] == "couponBookId"
 
 
-async def test_a_text_body_that_is_not_utf8_is_400(api: Api) -> None:
-    book, _ = await api.book_with_codes(1)
+async def test_a_text_body_that_is_not_utf8_is_400(api: Api, redis: Redis) -> None:
+    book, [existing] = await api.book_with_codes(1)
+    before = (await api.get(f"/coupons/{book['id']}")).json()
+    # A valid line first: the whole body is refused, not decoded up to the bad bytes.
+    fresh = new_code()
     response = await api.client.post(
-        "/coupons/codes", params={"couponBookId": book["id"]}, content=b"\xff\xfe\n",
+        "/coupons/codes", params={"couponBookId": book["id"]},
+        content=f"{fresh}\n".encode() + b"\xff\xfe\n",
         headers={"Authorization": f"Bearer {api.server.admin}", "Content-Type": "text/plain"})
 
-    assert_problem(response, 400, "invalid-request")
+    problem = assert_problem(response, 400, "invalid-request")
+    assert problem["field"] == "codes"
+    assert (await api.get(f"/coupons/{book['id']}")).json() == before
+    keys = await book_keys(redis, book["id"])
+    assert await redis.smembers(f"{keys}:free") == {existing}
 
 
 def _run_upload(api_server: ApiServer, book_id: str, path: Path, token: str,

@@ -211,8 +211,12 @@ async def test_end_user_cannot_probe_codes_of_an_inactive_book(make_book, coupon
         await coupons.assign_code(alice, "C1", "alice", None, None)
 
 
-async def test_concurrent_assignments_never_share_a_code(make_book, coupons, writer, redis):
-    # More requests in flight than codes, and more than one pipelined batch.
+async def test_assignments_gathered_at_once_each_get_their_own_outcome(
+        make_book, coupons, writer, redis):
+    """More calls than codes, over more than one batch of the pipelining client:
+    each caller gets its own reply (a code no one else got, or BookExhausted).
+    fakeredis runs scripts one at a time, so this shows no race:
+    tests/integration/test_concurrency.py races assignments on a real server."""
     book = await make_book([f"K{i}" for i in range(250)])
 
     results = await asyncio.gather(

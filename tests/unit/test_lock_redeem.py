@@ -322,7 +322,12 @@ async def test_code_events_carry_the_state_after_the_change(make_book, coupons, 
     assert (await events(book.id))[-1]["times"] == "2"
 
 
-async def test_concurrent_locks_and_redeems_have_one_winner(bobs_code, coupons, writer, redis):
+async def test_locks_and_redeems_gathered_at_once_each_get_their_own_outcome(
+        bobs_code, coupons, writer, redis):
+    """Twenty calls in one batch of the pipelining client: each caller gets the
+    reply to its own script call (one token, then CodeLocked; one redeem, then
+    CodeRedeemed). fakeredis runs scripts one at a time, so this shows no race:
+    tests/integration/test_concurrency.py races them on a real server."""
     locks = await asyncio.gather(*(coupons.lock(writer, "C1", "bob", None) for _ in range(20)),
                                  return_exceptions=True)
 
