@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis.asyncio import Redis
 
+from couponsvc.keys import Keys
+
 from .api_client import Api
 from .names import new_code, new_user
 from .problems import assert_problem
@@ -183,6 +185,27 @@ async def test_unknown_code_is_404(api: Api) -> None:
     assert_problem(response, 404, "code-not-found")
 
 
+async def test_a_code_in_the_directory_but_not_in_its_book_is_404(
+        api: Api, redis: Redis) -> None:
+    """The state an upload that failed between its two Redis steps could leave
+    (the directory names the book, the book never got the code): the script
+    itself refuses, and nothing changes."""
+    book, _ = await api.book_with_codes(1)
+    code, user = new_code(), new_user()
+    number = await redis.hget("cb:books", book["id"])
+    assert number is not None
+    await redis.hset(Keys("cb").directory(code), code, number)
+    prefix = await book_keys(redis, book["id"])
+
+    response = await api.assign_code(code, user)
+
+    assert_problem(response, 404, "code-not-found")
+    assert await redis.scard(f"{prefix}:free") == 1
+    assert await redis.hget(f"{prefix}:assigned", code) is None
+    assert await redis.zcard(f"{prefix}:user:{user}") == 0
+    assert await events(redis, book["id"], "assigned") == []
+
+
 @pytest.mark.parametrize("code", ["bad!code", "x" * 65, "semi;colon"])
 async def test_bad_code_in_path_is_400(api: Api, code: str) -> None:
     problem = assert_problem(await api.assign_code(code, new_user()), 400, "invalid-request")
@@ -233,6 +256,30 @@ async def test_idempotency_key_reused_with_another_body_is_409(api: Api, redis: 
 
     assert_problem(response, 409, "idempotency-key-reused")
     assert len(await events(redis, book["id"], "assigned")) == 1
+
+
+async def test_the_books_own_record_refuses_a_changed_request_without_the_claim(
+        api: Api, redis: Redis) -> None:
+    """Two guards hold a key to its first request: the claim (checked before
+    the script) and the record the script keeps in the book. With the claim
+    gone (say, expired a moment before the record), the script still refuses."""
+    book, _ = await api.book_with_codes(3)
+    key = f"order-{uuid.uuid4()}"
+    token = api.server.token("checkout", "coupons:write")
+    first_user, other_user = new_user(), new_user()
+    first = await api.assign(book["id"], first_user, token=token,
+                             headers={"Idempotency-Key": key})
+    assert first.status_code == 200, first.text
+    assert await redis.delete(Keys("cb").idempotency_claim("checkout", key)) == 1
+
+    response = await api.assign(book["id"], other_user, token=token,
+                                headers={"Idempotency-Key": key})
+
+    assert_problem(response, 409, "idempotency-key-reused")
+    prefix = await book_keys(redis, book["id"])
+    assert await redis.zcard(f"{prefix}:user:{other_user}") == 0
+    assert await redis.scard(f"{prefix}:free") == 2
+    assert [e["user"] for e in await events(redis, book["id"], "assigned")] == [first_user]
 
 
 async def test_idempotency_key_reused_for_another_book_is_409(api: Api, redis: Redis) -> None:
