@@ -14,10 +14,11 @@ import asyncpg
 
 from couponsvc import codes as coderules
 from couponsvc import errors
+from couponsvc.instants import datetime_to_ms, ms_to_datetime
 from couponsvc.keys import directory_buckets, directory_tag
 from couponsvc.records import BookRow, Records
 from couponsvc.schemas import Book, BookCounts, CreateBook, Refused, UploadResult
-from couponsvc.store import Located, Store, ms_to_datetime, optional_datetime
+from couponsvc.store import Located, Store
 
 # Codes per add_codes call.
 ADD_CHUNK = 5000
@@ -36,6 +37,9 @@ Buckets = dict[int, list[str]]
 GENERATE_ROUNDS = 20
 # Book numbers tried before giving up (a lost book-seq is skipped past one by one).
 NUMBER_ATTEMPTS = 1000
+# The span a book's validFrom / validUntil may take (see _check_settings).
+EARLIEST_MOMENT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_MOMENT = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -96,7 +100,7 @@ class Books:
                 fields[name] = value
         for name, moment in (("validFrom", req.validFrom), ("validUntil", req.validUntil)):
             if moment is not None:
-                fields[name] = int(moment.timestamp() * 1000)
+                fields[name] = datetime_to_ms(moment)
         args = [book.id, *(item for pair in fields.items() for item in pair)]
         reply = await store.run("create_book", [book.keys.meta, book.keys.events], args)
         if reply[0] != "ok":
@@ -142,8 +146,8 @@ class Books:
             maxRedeemsPerCode=int(max_redeems) if max_redeems is not None else None,
             maxPerUser=int(max_per_user) if max_per_user is not None else None,
             lockTtlSeconds=int(meta["lockTtlMs"]) // 1000,
-            validFrom=optional_datetime(valid_from) if valid_from is not None else None,
-            validUntil=optional_datetime(valid_until) if valid_until is not None else None,
+            validFrom=ms_to_datetime(valid_from) if valid_from is not None else None,
+            validUntil=ms_to_datetime(valid_until) if valid_until is not None else None,
             createdAt=ms_to_datetime(meta["createdAt"]),
             updatedAt=ms_to_datetime(meta["updatedAt"]),
             counts=BookCounts(total=int(meta["total"]), available=available,
@@ -354,6 +358,14 @@ def _book_row(book: Located, req: CreateBook) -> BookRow:
 
 
 def _check_settings(req: CreateBook) -> None:
+    for name, moment in (("validFrom", req.validFrom), ("validUntil", req.validUntil)):
+        # Redis keeps epoch milliseconds and Postgres a timestamptz: both hold
+        # this span exactly (asyncpg maps datetime.min to -infinity, and a
+        # year-9999 time with a negative offset is past Python's range in UTC).
+        if moment is not None and not EARLIEST_MOMENT <= moment < LATEST_MOMENT:
+            raise errors.InvalidRequest(
+                f"{name} must be from 1970-01-01 up to (not including) 9999-01-01 UTC",
+                field=name)
     if req.maxRedeemsPerCode is not None and not req.multipleRedeemsAllowed:
         raise errors.InvalidRequest(
             "maxRedeemsPerCode needs multipleRedeemsAllowed: true", field="maxRedeemsPerCode")

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from couponsvc.instants import datetime_to_ms, ms_to_datetime
 from couponsvc.records import BookRow
 
 # Rows per cursor fetch and per Redis pipeline: bounded memory at any size.
 CHUNK = 10_000
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 SELECT_BOOKS = (
     "SELECT id::text AS id, num, name, description, multiple_redeems_allowed,"
@@ -48,22 +48,17 @@ COUNTER_FIELDS = ("total", "assigned", "redeemed")
 
 
 def to_ms(moment: datetime | None) -> int:
-    """Milliseconds since the epoch, exactly (integer arithmetic); 0 for None,
-    as the scripts write a code's times."""
-    return 0 if moment is None else (moment - EPOCH) // timedelta(milliseconds=1)
-
-
-def setting_ms(moment: datetime) -> int:
-    # Books.create's own arithmetic, so a rebuilt validFrom/validUntil equals
-    # the value the live service wrote (Postgres keeps microseconds; Redis drops them).
-    return int(moment.timestamp() * 1000)
+    """Milliseconds since the epoch, as Books.create writes a book's times
+    (Postgres keeps microseconds; Redis drops them); 0 for None, as the
+    scripts write a code's times."""
+    return 0 if moment is None else datetime_to_ms(moment)
 
 
 def iso(ms: int | str | None) -> str:
     """A time in milliseconds as an operator reads it; '-' for none."""
     if ms is None or int(ms) == 0:
         return "-"
-    moment = EPOCH + timedelta(milliseconds=int(ms))
+    moment = ms_to_datetime(ms)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -93,9 +88,9 @@ def meta_settings(row: BookRow) -> dict[str, str]:
     if row.max_per_user is not None:
         fields["maxPerUser"] = str(row.max_per_user)
     if row.valid_from is not None:
-        fields["validFrom"] = str(setting_ms(row.valid_from))
+        fields["validFrom"] = str(to_ms(row.valid_from))
     if row.valid_until is not None:
-        fields["validUntil"] = str(setting_ms(row.valid_until))
+        fields["validUntil"] = str(to_ms(row.valid_until))
     return fields
 
 

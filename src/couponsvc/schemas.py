@@ -26,7 +26,8 @@ CodeTemplate = Annotated[
     Meta(pattern=CODE_TEMPLATE_PATTERN,
          description="'#' is a random character of 23456789ABCDEFGHJKLMNPQRSTUVWXYZ"),
 ]
-Timestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 date-time with offset")]
+Timestamp = Annotated[datetime, Meta(
+    tz=True, description="RFC 3339 date-time with offset, from 1970 to 9998 (UTC)")]
 PositiveInt = Annotated[int, Meta(ge=1, le=1_000_000_000)]
 TtlSeconds = Annotated[int, Meta(ge=1, le=86_400)]
 LockToken = Annotated[str, Meta(min_length=1, max_length=128)]
@@ -44,9 +45,18 @@ class Out(msgspec.Struct, omit_defaults=True):
 # --- requests --------------------------------------------------------------
 
 
+# Free text is stored in Postgres, whose text refuses NUL; control characters
+# other than tab and line breaks have no business in a name either.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+DESCRIPTION_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+
+
 class CreateBook(Base):
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
-    description: Annotated[str, Meta(max_length=2000)] = ""
+    name: Annotated[str, Meta(min_length=1, max_length=200, pattern=NAME_PATTERN,
+                              description="No control characters")]
+    description: Annotated[str, Meta(max_length=2000, pattern=DESCRIPTION_PATTERN,
+                                     description="No control characters but tab and "
+                                                 "line breaks")] = ""
     multipleRedeemsAllowed: bool = False
     maxRedeemsPerCode: PositiveInt | None = None
     maxPerUser: PositiveInt | None = None

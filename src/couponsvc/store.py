@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from couponsvc import errors
 from couponsvc.auth import Principal
+from couponsvc.instants import ms_to_datetime
 from couponsvc.keys import BookKeys, Keys
 from couponsvc.schemas import Coupon, Status
 from couponsvc.scripts import Scripts
@@ -26,10 +27,6 @@ VIEW_LEN = 9
 # A code's book and a book id's number never change (rebuild keeps numbers),
 # so look-ups are cached; the cache is emptied when full: bounded and O(1).
 CACHE_LIMIT = 200_000
-
-
-def ms_to_datetime(ms: int | str) -> datetime:
-    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
 
 
 def optional_datetime(ms: int | str) -> datetime | None:

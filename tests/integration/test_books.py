@@ -126,7 +126,37 @@ INVALID_BOOKS: list[Any] = [
                  id="pattern-bad-characters"),
     pytest.param({"name": "x", "initialCouponAmount": -1}, "initialCouponAmount",
                  id="negative-amount"),
+    # Postgres text refuses NUL: it must be a 400 here, not a 500 there.
+    pytest.param({"name": "a\u0000b"}, "name", id="nul-in-name"),
+    pytest.param({"name": "two\nlines"}, "name", id="line-break-in-name"),
+    pytest.param({"name": "x", "description": "a\u0000b"}, "description",
+                 id="nul-in-description"),
+    pytest.param({"name": "x", "description": "bell\u0007"}, "description",
+                 id="control-character-in-description"),
+    # Outside what both stores hold exactly (epoch ms in Redis, timestamptz in
+    # Postgres, datetime in Python once converted to UTC).
+    pytest.param({"name": "x", "validFrom": "0001-01-01T00:00:00Z"}, "validFrom",
+                 id="valid-from-year-1"),
+    pytest.param({"name": "x", "validFrom": "0001-01-01T00:00:00+14:00"}, "validFrom",
+                 id="valid-from-before-year-1-in-utc"),
+    pytest.param({"name": "x", "validFrom": "1969-12-31T23:59:59Z"}, "validFrom",
+                 id="valid-from-before-1970"),
+    pytest.param({"name": "x", "validUntil": "9999-12-31T23:59:59-14:00"}, "validUntil",
+                 id="valid-until-past-year-9999-in-utc"),
 ]
+
+
+async def test_free_text_keeps_unicode_tabs_and_line_breaks(api: Api) -> None:
+    body = {"name": "Été — 夏のセール 🎉", "description": "line one\n\tline two\r\n",
+            "validFrom": "1970-01-01T00:00:00Z", "validUntil": "9998-12-31T23:59:59Z"}
+
+    response = await api.post("/coupons", body, token=api.server.admin)
+
+    assert response.status_code == 201, response.text
+    book = response.json()
+    assert (book["name"], book["description"]) == (body["name"], body["description"])
+    assert (book["validFrom"], book["validUntil"]) == ("1970-01-01T00:00:00Z",
+                                                       "9998-12-31T23:59:59Z")
 
 
 @pytest.mark.parametrize(("body", "field"), INVALID_BOOKS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -151,3 +152,29 @@ async def test_rebuild_of_an_empty_database(service: Service, cli_run: Cli) -> N
     # Only this test's prefix: the cluster run shares one cluster between tests.
     prefix = service.settings.key_prefix
     assert [k async for k in service.redis.scan_iter(match=f"{prefix}:*")] == []
+
+
+async def test_a_book_at_the_edges_of_the_validity_span_verifies_and_rebuilds(
+        service: Service) -> None:
+    """The earliest and latest instants a book accepts are held exactly by
+    both stores: verify finds nothing, and a rebuilt Redis has them back."""
+    earliest = datetime(1970, 1, 1, tzinfo=UTC)
+    latest = datetime(9998, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
+    book = await service.books.create(CreateBook(name="edges", validFrom=earliest,
+                                                 validUntil=latest))
+    assert (book.validFrom, book.validUntil) == (earliest, latest)
+    await service.drain()
+    assert await service.verify() == []
+    meta = service.keys.book(await service.number(book.id)).meta
+    before = {k: v for k, v in (await service.redis.hgetall(meta)).items()
+              if k not in CLOCK_FIELDS}
+    await lose_redis(service)
+
+    await service.rebuild()
+
+    after = {k: v for k, v in (await service.redis.hgetall(meta)).items()
+             if k not in CLOCK_FIELDS}
+    assert after == before
+    assert (after["validFrom"], after["validUntil"]) == ("0", "253370764799999")
+    rebuilt = await service.fresh().books.get(book.id)
+    assert (rebuilt.validFrom, rebuilt.validUntil) == (earliest, latest)
