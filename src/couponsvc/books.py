@@ -33,7 +33,7 @@ LOAD_CHUNK = 100_000
 POSTGRES_STAGES = 2
 # A bulk load's codes by directory bucket (see keys.py).
 Buckets = dict[int, list[str]]
-# Rounds of redrawing colliding generated codes before giving up.
+# Rounds of redrawing colliding generated codes before settling for fewer.
 GENERATE_ROUNDS = 20
 # Book numbers tried before giving up (a lost book-seq is skipped past one by one).
 NUMBER_ATTEMPTS = 1000
@@ -58,7 +58,7 @@ class _Outcome:
         self.duplicates.sort(key=position.__getitem__)
         self.in_other_book.sort(key=position.__getitem__)
 
-    def result(self, book_id: str, with_codes: bool = False) -> UploadResult:
+    def result(self, book_id: str, with_codes: bool = False, shortfall: int = 0) -> UploadResult:
         refused = Refused(duplicates=self.duplicates, inOtherBook=self.in_other_book,
                           invalid=self.invalid)
         return UploadResult(
@@ -67,6 +67,7 @@ class _Outcome:
             refusedCount=len(self.duplicates) + len(self.in_other_book) + len(self.invalid),
             refused=refused,
             codes=self.added if with_codes else None,
+            shortfall=shortfall,
         )
 
 
@@ -107,6 +108,8 @@ class Books:
             raise errors.Conflict(f"book number {number} was taken meanwhile; retry")
         await store.redis.hset(store.keys.books, book.id, number)
         if req.initialCouponAmount:
+            # A shortfall still answers 201: the book exists either way, and
+            # its counts say how many codes were made.
             await self._generate(book, pattern, req.initialCouponAmount)
         return await self.get(book.id)
 
@@ -180,10 +183,17 @@ class Books:
         return outcome.result(book.id)
 
     async def generate(self, book_id: str, pattern: str, count: int) -> UploadResult:
+        """Up to `count` new codes. A pattern whose unused codes run short gives
+        fewer, each one durable and listed, and says how many are missing
+        (`shortfall`); only when it gives none is it a 409, with nothing written."""
         self._check_count(count, "generate.count")
         coderules.check_pattern(pattern, count, "generate.pattern")
         book = await self.store.book(book_id)
-        return await self._generate(book, pattern, count)
+        result = await self._generate(book, pattern, count)
+        if result.added == 0:
+            raise errors.Conflict(
+                f"pattern {pattern!r} has no unused codes left to find; use a longer pattern")
+        return result
 
     async def _generate(self, book: Located, pattern: str, count: int) -> UploadResult:
         outcome = _Outcome()
@@ -202,12 +212,13 @@ class Books:
         for _ in range(GENERATE_ROUNDS):
             need = count - len(outcome.added)
             if need == 0:
-                return outcome.result(book.id, with_codes=True)
-            # Codes that collide (taken anywhere) are silently redrawn.
+                break
+            # Codes that collide (taken anywhere) are silently redrawn. Each
+            # round is durable before the next: the codes it found are kept
+            # even if later rounds find no more.
             await _pipelined(_bucket_chunks(coderules.generate(pattern, need)),
                              durable_new, usable_new)
-        raise errors.Conflict(
-            f"could not find {count} unused codes for pattern {pattern!r}; use a longer pattern")
+        return outcome.result(book.id, with_codes=True, shortfall=count - len(outcome.added))
 
     def _check_count(self, count: int, field_name: str) -> None:
         limit = self.store.settings.max_upload_codes

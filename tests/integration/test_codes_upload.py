@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import uuid
 import zlib
@@ -88,6 +89,7 @@ async def test_generate_returns_new_codes_of_the_pattern(api: Api, redis: Redis)
     assert response.status_code == 200, response.text
     result = response.json()
     assert result["added"] == 40 and result["refusedCount"] == 0
+    assert "shortfall" not in result  # every code asked for was made
     codes = result["codes"]
     assert len(set(codes)) == 40
     assert all(re.fullmatch(f"GEN-[{ALPHABET}]{{6}}", code) for code in codes), codes
@@ -100,6 +102,25 @@ async def test_generate_returns_new_codes_of_the_pattern(api: Api, redis: Redis)
     assert not set(again.json()["codes"]) & set(codes)
     counts = (await api.get(f"/coupons/{book['id']}")).json()["counts"]
     assert counts["total"] == counts["available"] == 50
+
+
+async def test_a_pattern_with_no_unused_codes_left_is_409_and_adds_nothing(
+        api: Api, redis: Redis) -> None:
+    prefix = "".join(random.choices(ALPHABET, k=8))  # this test's own key space
+    full, book = await api.create_book(), await api.create_book()
+    every = [f"{prefix}{a}{b}" for a in ALPHABET for b in ALPHABET]
+    uploaded = await api.post("/coupons/codes", {"couponBookId": full["id"], "codes": every},
+                              token=api.server.admin)
+    assert uploaded.json()["added"] == len(every) == 1024
+
+    response = await api.post(
+        "/coupons/codes", {"couponBookId": book["id"], "generate": {"pattern": f"{prefix}##",
+                                                                     "count": 1}},
+        token=api.server.admin)
+
+    assert_problem(response, 409, "conflict")
+    assert (await api.get(f"/coupons/{book['id']}")).json()["counts"]["total"] == 0
+    assert await redis.scard(f"{await book_keys(redis, book['id'])}:free") == 0
 
 
 async def test_generated_codes_can_be_assigned(api: Api) -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from couponsvc import books as books_module
 from couponsvc import errors
 from couponsvc.books import Books
 from couponsvc.codes import ALPHABET
@@ -260,6 +261,47 @@ async def test_generate_gives_up_when_the_pattern_is_used_up(make_book, books, r
 
     assert await redis.hget("cb:{book:2}:meta", "total") == "0"
     assert await redis.scard("cb:{book:2}:free") == 0
+
+
+def draws_from(codes: list[str]):
+    """A stand-in for the random generator: each call draws the first `need`
+    of `codes`, so which draws collide is known in advance."""
+    def generate(pattern: str, need: int) -> list[str]:
+        return codes[:need]
+    return generate
+
+
+async def test_generate_keeps_and_lists_what_it_found_when_the_pattern_runs_short(
+        make_book, books, redis, events, monkeypatch):
+    taken = [f"T{n}" for n in range(10)]
+    await make_book(taken)
+    book = await make_book()
+    # The first draw finds three unused codes; every later one collides.
+    monkeypatch.setattr(books_module.coderules, "generate",
+                        draws_from(["N1", "N2", "N3", *taken]))
+
+    result = await books.generate(book.id, "N##", 10)
+
+    assert (result.added, result.shortfall) == (3, 7)
+    assert sorted(result.codes or []) == ["N1", "N2", "N3"]
+    assert await redis.smembers("cb:{book:2}:free") == {"N1", "N2", "N3"}
+    assert await redis.hget("cb:{book:2}:meta", "total") == "3"
+    assert [e["count"] for e in await events(book.id) if e["type"] == "codes_added"] == ["3"]
+
+
+async def test_a_book_whose_initial_codes_run_short_is_still_created(
+        make_book, books, redis, monkeypatch):
+    """Answering 409 would leave a book the caller never hears of (and would
+    create again on a retry): the book is made, and its counts say how many."""
+    taken = [f"T{n}" for n in range(10)]
+    await make_book(taken)
+    monkeypatch.setattr(books_module.coderules, "generate", draws_from(["N1", *taken]))
+
+    book = await books.create(CreateBook(name="short", initialCouponAmount=5,
+                                         codePattern="N####"))
+
+    assert (book.counts.total, book.counts.available) == (1, 1)
+    assert await redis.smembers("cb:{book:2}:free") == {"N1"}
 
 
 @pytest.mark.parametrize("pattern, count", [("X-##", 11), ("###", 328), ("NOHASH", 1)])
