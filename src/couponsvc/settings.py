@@ -67,10 +67,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *,
-                 verifies_tokens: bool = True) -> Settings:
+                 verifies_tokens: bool = True, serves_api: bool = True) -> Settings:
         """The settings in `environ` (default: the process's), checked. A
         command that never sees a token (the writer, migrate, the operator
-        tools) passes `verifies_tokens=False` and needs no JWT secret."""
+        tools) passes `verifies_tokens=False` and needs no JWT secret; one
+        that does not serve the API (`token`, ...) passes `serves_api=False`
+        and may run without a database even in prod (those that use one say
+        so when it is missing)."""
         env = os.environ if environ is None else environ
 
         def get(name: str, default: str = "") -> str:
@@ -121,13 +124,14 @@ class Settings:
             max_upload_codes=_int(get("MAX_UPLOAD_CODES", str(defaults.max_upload_codes)),
                                   "COUPONSVC_MAX_UPLOAD_CODES"),
         )
-        settings.validate(verifies_tokens)
+        settings.validate(verifies_tokens, serves_api)
         return settings
 
-    def validate(self, verifies_tokens: bool = True) -> None:
-        """Refuse settings that cannot work, and (where tokens are verified) a
-        key that anyone could guess, outside dev mode."""
-        if self.env == "prod" and not self.database_url:
+    def validate(self, verifies_tokens: bool = True, serves_api: bool = True) -> None:
+        """Refuse settings that cannot work, an API in prod without its durable
+        record, and (where tokens are verified) a key that anyone could guess,
+        outside dev mode."""
+        if serves_api and self.env == "prod" and not self.database_url:
             raise SettingsError("COUPONSVC_DATABASE_URL is required when COUPONSVC_ENV=prod")
         if self.workers < 1:
             raise SettingsError(f"COUPONSVC_WORKERS must be at least 1, got {self.workers}")

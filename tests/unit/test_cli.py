@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import astuple, replace
 
+import jwt
 import pytest
 
 from couponsvc import cli
@@ -18,10 +19,15 @@ NO_SECRET = {"COUPONSVC_ENV": "prod", "COUPONSVC_DATABASE_URL": "postgresql://db
 
 
 @pytest.fixture
-def no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No COUPONSVC_* variable from the machine running the tests."""
     for name in list(os.environ):
         if name.startswith("COUPONSVC_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def no_secret(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in NO_SECRET.items():
         monkeypatch.setenv(name, value)
 
@@ -43,6 +49,33 @@ def test_commands_that_never_see_a_token_start_without_a_secret(
     assert exit_.value.code == 0
     assert [(s.env, s.database_url, s.jwt_secret) for s in received] == [
         ("prod", NO_SECRET["COUPONSVC_DATABASE_URL"], "")]
+
+
+def test_a_token_can_be_issued_without_a_database(
+        clean_env: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """As README shows it: the secret make run wrote, nothing else."""
+    monkeypatch.setenv("COUPONSVC_JWT_SECRET", "s" * 32)
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["token", "--sub", "alice", "--scope", "coupons:write"])
+
+    assert exit_.value.code == 0
+    token = capsys.readouterr().out.strip()
+    claims = jwt.decode(token, "s" * 32, algorithms=["HS256"])
+    assert (claims["sub"], claims["scope"]) == ("alice", "coupons:write")
+
+
+def test_the_api_in_prod_still_needs_a_database(
+        clean_env: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("COUPONSVC_JWT_SECRET", "s" * 32)
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve"])
+
+    assert exit_.value.code == 2
+    assert "COUPONSVC_DATABASE_URL is required" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["serve"], ["token", "--sub", "alice"]])
