@@ -153,18 +153,18 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
-async def json_body(
-    request: Request, kind: type[T], limit: int = SMALL_BODY_BYTES
-) -> tuple[T, bytes]:
-    """The decoded body and its raw bytes (for idempotency fingerprints)."""
+async def json_body(request: Request, kind: type[T], limit: int = SMALL_BODY_BYTES) -> T:
+    """The body, decoded and validated."""
     _check_json(request)
-    body = await read_body(request, limit)
-    return decode(body, kind), body
+    return decode(await read_body(request, limit), kind)
 
 
-def fingerprint(request: Request, body: bytes) -> str:
-    digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode())
-    digest.update(body)
+def fingerprint(method: str, path: str, decoded: msgspec.Struct) -> str:
+    """What an Idempotency-Key is bound to: the method, the path and the body
+    as decoded, encoded again. The same request sent with other spacing, field
+    order or a default spelled out is the same request."""
+    digest = hashlib.sha256(f"{method} {path}\n".encode())
+    digest.update(msgspec.json.encode(decoded))
     return digest.hexdigest()
 
 

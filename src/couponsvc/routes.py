@@ -58,11 +58,12 @@ def _path_code(request: Request) -> str:
     return code
 
 
-def _idempotency(request: Request, principal: Principal, body: bytes) -> Idempotency | None:
+def _idempotency(request: Request, principal: Principal,
+                 req: schemas.Base) -> Idempotency | None:
     key = idempotency_key(request)
     if key is None:
         return None
-    return Idempotency(principal.sub, key, fingerprint(request, body))
+    return Idempotency(principal.sub, key, fingerprint(request.method, request.url.path, req))
 
 
 def _replayed(replayed: bool) -> dict[str, str] | None:
@@ -71,7 +72,7 @@ def _replayed(replayed: bool) -> dict[str, str] | None:
 
 async def create_book(request: Request) -> Response:
     _principal(request).require_admin()
-    req, _ = await json_body(request, schemas.CreateBook)
+    req = await json_body(request, schemas.CreateBook)
     book = await _services(request).books.create(req)
     return json_response(book, 201, {"Location": f"/coupons/{book.id}"})
 
@@ -87,7 +88,7 @@ async def upload_codes(request: Request) -> Response:
     services = _services(request)
     if is_text(request):
         return await _upload_text(request, services)
-    req, _ = await json_body(request, schemas.UploadCodes, services.settings.max_body_bytes)
+    req = await json_body(request, schemas.UploadCodes, services.settings.max_body_bytes)
     if (req.codes is None) == (req.generate is None):
         raise errors.InvalidRequest("send exactly one of codes or generate", field="codes")
     if req.generate is not None:
@@ -116,19 +117,19 @@ async def _upload_text(request: Request, services: Services) -> Response:
 
 async def assign_random(request: Request) -> Response:
     principal = _principal(request)
-    req, body = await json_body(request, schemas.AssignRandom)
+    req = await json_body(request, schemas.AssignRandom)
     await _count_assign(request, principal, req.userId)
     outcome = await _services(request).coupons.assign_random(
-        principal, req.couponBookId, req.userId, _idempotency(request, principal, body))
+        principal, req.couponBookId, req.userId, _idempotency(request, principal, req))
     return json_response(outcome.coupon, headers=_replayed(outcome.replayed))
 
 
 async def assign_code(request: Request) -> Response:
     principal = _principal(request)
     code = _path_code(request)
-    req, body = await json_body(request, schemas.AssignCode)
+    req = await json_body(request, schemas.AssignCode)
     coupons = _services(request).coupons
-    idem = _idempotency(request, principal, body)
+    idem = _idempotency(request, principal, req)
 
     async def assign() -> Outcome:
         await _count_assign(request, principal, req.userId)
@@ -141,7 +142,7 @@ async def assign_code(request: Request) -> Response:
 async def lock_code(request: Request) -> Response:
     principal = _principal(request)
     code = _path_code(request)
-    req, _ = await json_body(request, schemas.Lock)
+    req = await json_body(request, schemas.Lock)
     coupons = _services(request).coupons
     result = await _look_up(request, principal, req.userId,
                             lambda: coupons.lock(principal, code, req.userId, req.ttlSeconds))
@@ -151,7 +152,7 @@ async def lock_code(request: Request) -> Response:
 async def unlock_code(request: Request) -> Response:
     principal = _principal(request)
     code = _path_code(request)
-    req, _ = await json_body(request, schemas.Unlock)
+    req = await json_body(request, schemas.Unlock)
     coupon = await _services(request).coupons.unlock(principal, code, req.userId, req.lockToken)
     return json_response(coupon)
 
@@ -159,9 +160,9 @@ async def unlock_code(request: Request) -> Response:
 async def redeem_code(request: Request) -> Response:
     principal = _principal(request)
     code = _path_code(request)
-    req, body = await json_body(request, schemas.Redeem)
+    req = await json_body(request, schemas.Redeem)
     coupons = _services(request).coupons
-    idem = _idempotency(request, principal, body)
+    idem = _idempotency(request, principal, req)
     redemption, replayed = await _look_up(
         request, principal, req.userId,
         lambda: coupons.redeem(principal, code, req.userId, req.lockToken, idem))

@@ -50,7 +50,7 @@ class Driver(Protocol):
 
 
 # The requests that carry an Idempotency-Key, as HTTP sends them: one shape
-# per operation, so equal requests have equal bodies (and fingerprints).
+# per operation, so equal requests have equal bodies.
 
 def assign_random_request(book: str, user: str) -> tuple[str, Json]:
     return "/coupons/assign", {"userId": user, "couponBookId": book}

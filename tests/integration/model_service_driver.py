@@ -5,7 +5,6 @@ event loop the driver owns, since hypothesis runs rules synchronously."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import uuid
 from collections.abc import Coroutine
@@ -19,8 +18,9 @@ from couponsvc.auth import WRITE, Principal
 from couponsvc.books import Books
 from couponsvc.coalesce import Coalescer, CommandPipe
 from couponsvc.coupons import Coupons, Idempotency
+from couponsvc.http import fingerprint
 from couponsvc.resp import RespPipeline
-from couponsvc.schemas import CreateBook
+from couponsvc.schemas import AssignCode, AssignRandom, Base, CreateBook, Redeem
 from couponsvc.scripts import Scripts
 from couponsvc.settings import Settings
 from couponsvc.store import Store
@@ -85,12 +85,12 @@ class ServiceDriver:
         return Principal(caller.sub, frozenset({WRITE}) if caller.acts_for_anyone else frozenset())
 
     @staticmethod
-    def _idem(caller: Caller, key: str | None, path: str, body: Json) -> Idempotency | None:
+    def _idem(caller: Caller, key: str | None, path: str, body: Json,
+              kind: type[Base]) -> Idempotency | None:
         if key is None:
             return None
-        # As couponsvc.http.fingerprint: the method, the path and the body.
-        raw = f"POST {path}\n".encode() + json.dumps(body).encode()
-        return Idempotency(caller.sub, key, hashlib.sha256(raw).hexdigest())
+        # As the API does: the body decoded into its request type.
+        return Idempotency(caller.sub, key, fingerprint("POST", path, msgspec.convert(body, kind)))
 
     def create_book(self, fields: Json) -> Json:
         request = msgspec.json.decode(json.dumps(fields), type=CreateBook)
@@ -112,7 +112,7 @@ class ServiceDriver:
         return self._call(run())
 
     def assign_random(self, caller: Caller, book: str, user: str, key: str | None) -> Result:
-        idem = self._idem(caller, key, *assign_random_request(book, user))
+        idem = self._idem(caller, key, *assign_random_request(book, user), AssignRandom)
 
         async def run() -> tuple[object, bool]:
             out = await self._coupons.assign_random(self._principal(caller), book, user, idem)
@@ -121,7 +121,7 @@ class ServiceDriver:
 
     def assign_code(self, caller: Caller, code: str, user: str, book: str | None,
                     key: str | None) -> Result:
-        idem = self._idem(caller, key, *assign_code_request(code, user, book))
+        idem = self._idem(caller, key, *assign_code_request(code, user, book), AssignCode)
 
         async def run() -> tuple[object, bool]:
             out = await self._coupons.assign_code(self._principal(caller), code, user, book,
@@ -141,7 +141,7 @@ class ServiceDriver:
 
     def redeem(self, caller: Caller, code: str, user: str, token: str | None,
                key: str | None) -> Result:
-        idem = self._idem(caller, key, *redeem_request(code, user, token))
+        idem = self._idem(caller, key, *redeem_request(code, user, token), Redeem)
 
         async def run() -> tuple[object, bool]:
             return await self._coupons.redeem(self._principal(caller), code, user, token, idem)

@@ -14,6 +14,7 @@ from .api_client import Api
 from .names import new_code, new_user
 from .problems import assert_problem
 from .redis_state import book_keys, events
+from .tokens import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -244,6 +245,31 @@ async def test_idempotency_key_replays_the_first_answer(api: Api, redis: Redis) 
     assert await redis.zcard(f"{keys}:user:{user}") == 1
     assert await redis.scard(f"{keys}:free") == 2
     assert len(await events(redis, book["id"], "assigned")) == 1
+
+
+async def test_a_retry_spelled_differently_is_the_same_request(api: Api, redis: Redis) -> None:
+    """The key is bound to the request, not to its bytes: a retry whose JSON
+    has other spacing or field order, or spells out a default, replays."""
+    book, [code] = await api.book_with_codes(1)
+    user = new_user()
+    token = api.server.token("checkout", "coupons:write")
+    headers = {**bearer(token), "Content-Type": "application/json",
+               "Idempotency-Key": f"order-{uuid.uuid4()}"}
+    path = f"/coupons/redeem/{code}"
+    assert (await api.assign_code(code, user)).status_code == 200
+
+    first = await api.client.post(path, content=f'{{"userId":"{user}"}}', headers=headers)
+    retries = [await api.client.post(path, content=body, headers=headers) for body in (
+        f'{{ "userId" : "{user}" }}\n',
+        f'{{"lockToken": null, "userId": "{user}"}}',
+    )]
+
+    assert first.status_code == 200, first.text
+    for retry in retries:
+        assert retry.status_code == 200, retry.text
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.json() == first.json()
+    assert len(await events(redis, book["id"], "redeemed")) == 1
 
 
 async def test_idempotency_key_reused_with_another_body_is_409(api: Api, redis: Redis) -> None:
