@@ -154,10 +154,16 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
     # Metrics label requests by the documented path template.
     templates = {route.endpoint: route.path for route in routes}
     templates.update({op.endpoint: op.path for op in OPERATIONS})
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
         middleware=[Middleware(TimingMiddleware, metrics=metrics,
                                templates=templates)],
     )
+    # No route ends in '/': such a path is a 404 problem, not a bodiless 307 to
+    # the path without it (POST /coupons/assign/, an empty {code}, would
+    # become a random assign for a client that follows redirects). Starlette
+    # takes the flag on its Router only, which it builds itself.
+    app.router.redirect_slashes = False
+    return app

@@ -53,6 +53,25 @@ async def test_unknown_route_is_a_404_problem(api: Api) -> None:
     assert_problem(response, 404, "not-found")
 
 
+async def test_a_trailing_slash_is_a_404_problem_not_a_redirect(api: Api) -> None:
+    # POST /coupons/assign/ is /coupons/assign/{code} with an empty code. It was
+    # a 307 to /coupons/assign: a client that follows redirects got a random code.
+    book, _ = await api.book_with_codes(2)
+    user = new_user()
+
+    assign = await api.client.post(
+        "/coupons/assign/", json={"userId": user, "couponBookId": book["id"]},
+        headers=bearer(api.server.writer), follow_redirects=True)
+    read = await api.client.get(f"/coupons/{book['id']}/", headers=bearer(api.server.admin),
+                                follow_redirects=True)
+
+    assert_problem(assign, 404, "not-found")
+    assert_problem(read, 404, "not-found")
+    assert not assign.history and not read.history  # answered, not redirected
+    assert (await api.get(f"/users/{user}/coupons")).json() == []
+    assert (await api.get(f"/coupons/{book['id']}")).json()["counts"]["assigned"] == 0
+
+
 @pytest.mark.parametrize(("method", "path"), [("DELETE", "/coupons"), ("GET", "/coupons/assign/X"),
                                               ("PUT", "/coupons/lock/X"), ("POST", "/healthz")])
 async def test_wrong_method_is_a_405_problem(api: Api, method: str, path: str) -> None:
