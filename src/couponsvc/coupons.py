@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from dataclasses import dataclass
 
 from couponsvc import errors
 from couponsvc.auth import Principal
-from couponsvc.schemas import Coupon, LockResult, Redemption
+from couponsvc.schemas import CODE_PATTERN, Coupon, LockResult, Redemption
 from couponsvc.store import VIEW_LEN, Slot, Store, parse_view, raise_for
 from couponsvc.types import ScriptReply
+
+_BOOK_NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII digits only: int() takes others
+_CODE = re.compile(CODE_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +165,7 @@ class Coupons:
     async def list_for_user(self, principal: Principal, user_id: str, book_id: str | None,
                             limit: int, cursor: str | None) -> Page:
         principal.require_user(user_id)
-        start_number, after = decode_cursor(cursor) if cursor else (0, "")
+        start_number, after = decode_cursor(cursor) if cursor is not None else (0, "")
         if book_id is not None:
             numbers = [(await self.store.book(book_id)).number]
         else:
@@ -194,11 +198,21 @@ def encode_cursor(book_number: int, last_code: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
+    """The (book number, last code) of a cursor `encode_cursor` made. Anything
+    else is a 400, even what base64 and int() would forgive (padding, skipped
+    characters, spare bits, a sign, spaces, leading zeros, non-ASCII digits)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        number, _, last_code = raw.partition(":")
-        return int(number), last_code
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise errors.InvalidRequest("cursor is not one this service issued",
-                                    field="cursor") from None
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII input, not UTF-8
+        raise _not_issued() from None
+    number, colon, last_code = raw.partition(":")
+    if not (colon and _BOOK_NUMBER.fullmatch(number) and _CODE.fullmatch(last_code)):
+        raise _not_issued()
+    # Re-encoding is the one spelling the service issues: it rules out the rest.
+    if encode_cursor(int(number), last_code) != cursor:
+        raise _not_issued()
+    return int(number), last_code
 
+
+def _not_issued() -> errors.InvalidRequest:
+    return errors.InvalidRequest("cursor is not one this service issued", field="cursor")

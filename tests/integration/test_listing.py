@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 from typing import Any
@@ -152,12 +153,42 @@ async def test_limit_bounds_are_accepted(api: Api, limit: str) -> None:
     assert response.status_code == 200
 
 
-@pytest.mark.parametrize("cursor", ["!!!", "abc", "bm90LWEtbnVtYmVy"])
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("cursor", [
+    "!!!", "abc", "bm90LWEtbnVtYmVy", "", "MjE6",  # "21:": no code
+    b64("21:bad code"), b64("-1:A"), b64(" 21:A"), b64("\u0662\u0661:A"), b64("21"),
+    b64("21:A") + "==",
+])
 async def test_a_cursor_the_service_did_not_issue_is_400(api: Api, cursor: str) -> None:
     response = await api.get(f"/users/{new_user()}/coupons", params={"cursor": cursor})
 
     problem = assert_problem(response, 400, "invalid-request")
     assert problem.get("field") == "cursor"
+
+
+async def test_only_the_issued_spelling_of_a_cursor_is_accepted(api: Api) -> None:
+    user = new_user()
+    await give(api, user, [3])
+    first = await api.get(f"/users/{user}/coupons", params={"limit": 1})
+    url = next_url(first)
+    assert url is not None
+    issued = httpx.URL(url).params["cursor"]
+    number, code = base64.urlsafe_b64decode(issued + "==").decode().split(":")
+    # What base64 and int() forgive, each naming the same place in the list.
+    spellings = [issued + "=" * (-len(issued) % 4 or 4), b64(f"0{number}:{code}"),
+                 b64(f" {number}:{code}"), b64(f"+{number}:{code}")]
+
+    for cursor in spellings:
+        response = await api.get(f"/users/{user}/coupons", params={"cursor": cursor})
+        problem = assert_problem(response, 400, "invalid-request")
+        assert problem.get("field") == "cursor", cursor
+    response = await api.get(f"/users/{user}/coupons", params={"cursor": issued})
+    assert response.status_code == 200, response.text
+    assert [c["code"] for c in response.json()] == [
+        c["code"] for c in (await api.get(f"/users/{user}/coupons")).json()[1:]]
 
 
 async def test_unknown_book_filter_is_404(api: Api) -> None:

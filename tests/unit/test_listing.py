@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from couponsvc import errors
-from couponsvc.coupons import encode_cursor
+from couponsvc.coupons import decode_cursor, encode_cursor
 
 pytestmark = pytest.mark.unit
 
@@ -92,6 +94,50 @@ async def test_end_user_lists_only_its_own_codes(make_book, coupons, alice):
 async def test_bad_cursor(two_books, coupons, writer, cursor):
     with pytest.raises(errors.InvalidRequest) as caught:
         await coupons.list_for_user(writer, "bob", None, 10, cursor)
+
+    assert caught.value.extra["field"] == "cursor"
+
+
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(("number", "code"), [(1, "A"), (21, "A-1"), (10**18, "z" * 64),
+                                              (7, "_-")])
+def test_a_cursor_decodes_to_what_was_encoded(number, code):
+    assert decode_cursor(encode_cursor(number, code)) == (number, code)
+
+
+ISSUED = encode_cursor(21, "A")  # "MjE6QQ"
+
+
+@pytest.mark.parametrize("cursor", [
+    b64("21:bad code"),  # not a code
+    b64("21:A\n"),
+    b64("21:A:B"),
+    b64("21:" + "A" * 65),
+    b64("-1:A"),  # int() would take these numbers
+    b64("+21:A"),
+    b64(" 21:A"),
+    b64("21 :A"),
+    b64("\u0662\u0661:A"),  # Arabic-Indic digits
+    b64("021:A"),
+    b64("21"),  # no code part
+    "MjE6",  # "21:", an empty code part
+    b64(":A"),
+    "",
+    ISSUED + "==",  # padding the service never sends
+    ISSUED + "=",
+    "MjE6QR",  # same bytes as ISSUED, other spare bits
+    "MjE6\nQQ",  # characters base64 skips
+    "MjE6 QQ",
+    "MjE6Q!Q",
+    "MjE6QQ\u00e9",
+    b64("21:\u00c9"),
+], ids=repr)
+def test_a_cursor_the_service_did_not_issue_is_refused(cursor):
+    with pytest.raises(errors.InvalidRequest) as caught:
+        decode_cursor(cursor)
 
     assert caught.value.extra["field"] == "cursor"
 
