@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -36,15 +40,42 @@ class ApiMetrics:
                                 ["method", "route", "status"], registry=registry)
         self.latency = Histogram("couponsvc_http_request_seconds", "HTTP request latency",
                                  ["method", "route"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.outbox_lag = Gauge("couponsvc_outbox_lag_events",
-                                "Outbox entries not yet delivered to the writer", registry=registry)
-        self.outbox_pending = Gauge("couponsvc_outbox_pending_events",
-                                    "Outbox entries delivered but not yet acknowledged",
-                                    registry=registry)
-        self.outbox_oldest_age = Gauge("couponsvc_outbox_oldest_unacked_seconds",
-                                       "Age of the oldest entry the writer has not acknowledged",
-                                       registry=registry)
+        self.outbox = OutboxGauges()
+        registry.register(self.outbox)
 
+
+@dataclass(frozen=True, slots=True)
+class OutboxReading:
+    """How far the writer is behind, as one scrape read it from Redis."""
+
+    lag: int
+    pending: int
+    oldest_age_seconds: float
+
+
+class OutboxGauges(Collector):
+    """The outbox gauges of the latest scrape, or none when Redis did not answer
+    it: a stale lag would look like a healthy backlog during an outage.
+    `couponsvc_outbox_gauges_up` says which, so an operator can alert on it."""
+
+    def __init__(self) -> None:
+        self.reading: OutboxReading | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("couponsvc_outbox_gauges_up",
+                                "1 if the outbox gauges were read from Redis on this scrape",
+                                value=0 if self.reading is None else 1)
+        if self.reading is None:
+            return
+        yield GaugeMetricFamily("couponsvc_outbox_lag_events",
+                                "Outbox entries not yet delivered to the writer",
+                                value=self.reading.lag)
+        yield GaugeMetricFamily("couponsvc_outbox_pending_events",
+                                "Outbox entries delivered but not yet acknowledged",
+                                value=self.reading.pending)
+        yield GaugeMetricFamily("couponsvc_outbox_oldest_unacked_seconds",
+                                "Age of the oldest entry the writer has not acknowledged",
+                                value=self.reading.oldest_age_seconds)
 
 
 class TimingMiddleware:

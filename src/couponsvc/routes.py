@@ -26,7 +26,7 @@ from couponsvc.http import (
     query_int,
     read_body,
 )
-from couponsvc.outbox_stats import outbox_gauges
+from couponsvc.outbox_stats import refresh_outbox_gauges
 from couponsvc.services import Services
 from couponsvc.types import Endpoint
 
@@ -234,7 +234,7 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     services = _services(request)
-    await outbox_gauges(services.redis, services.store.keys, services.metrics)
+    await refresh_outbox_gauges(services.redis, services.store.keys, services.metrics.outbox)
     return Response(generate_latest(services.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .api_client import Api, http_client
 from .names import new_code, new_user
@@ -134,3 +135,50 @@ async def test_a_bulk_load_outlasts_a_stall_the_checkout_path_gives_up_on(
         response = await upload
     assert response.status_code == 200, response.text
     assert response.json()["added"] == len(codes)
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """The unlabelled samples and the 503 count of a scrape, by name."""
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.labels:
+                samples[sample.name] = sample.value
+            elif sample.name == "couponsvc_http_requests_total" \
+                    and sample.labels["status"] == "503":
+                samples["503s"] = samples.get("503s", 0.0) + sample.value
+    return samples
+
+
+@pytest.mark.parametrize("outage", ["paused", "killed"])
+async def test_metrics_answer_without_the_outbox_gauges_while_redis_is_down(
+        down_api: Api, own_stack: Stack, outage: str) -> None:
+    api = down_api
+    book, _ = await api.book_with_codes(1)
+    healthy = metric_samples((await api.client.get("/metrics")).text)
+    assert "couponsvc_outbox_lag_events" in healthy
+
+    if outage == "paused":
+        own_stack.redis.pause()
+    else:
+        own_stack.redis.kill()
+    try:
+        assert_unavailable(await api.assign(book["id"], new_user()))
+        response = await api.client.get("/metrics")
+    finally:
+        if outage == "paused":
+            own_stack.redis.resume()
+        else:
+            own_stack.redis.start()
+
+    assert response.status_code == 200, response.text
+    during = metric_samples(response.text)
+    assert during["couponsvc_outbox_gauges_up"] == 0
+    assert "couponsvc_outbox_lag_events" not in during
+    assert "couponsvc_outbox_oldest_unacked_seconds" not in during
+    assert during["503s"] >= 1  # the outage itself is still counted
+
+    await wait_until_ready(api)
+    after = metric_samples((await api.client.get("/metrics")).text)
+    assert after["couponsvc_outbox_gauges_up"] == 1
+    assert "couponsvc_outbox_lag_events" in after

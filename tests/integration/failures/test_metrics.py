@@ -64,6 +64,7 @@ async def test_outbox_lag_is_visible_until_the_writer_catches_up(
 
     waiting = await scrape(api)
 
+    assert value(waiting, "couponsvc_outbox_gauges_up") == 1
     assert value(waiting, "couponsvc_outbox_lag_events") >= 5 + 2  # + book_created, codes_added
     assert value(waiting, "couponsvc_outbox_pending_events") == 0
     assert value(waiting, "couponsvc_outbox_oldest_unacked_seconds") > 0
