@@ -11,8 +11,8 @@ import msgspec
 from couponsvc import __version__
 from couponsvc.errors import PROBLEM_MEDIA_TYPE, Problem
 from couponsvc.http import IDEMPOTENCY_KEY
-from couponsvc.routes import Operation
-from couponsvc.schemas import BookId, Code, UserId
+from couponsvc.routes import REPLAYED_HEADER, Operation
+from couponsvc.schemas import UUID_PATTERN, BookId, Code, UserId
 
 REF = "#/components/schemas/{name}"
 ERROR_DESCRIPTIONS = {
@@ -30,8 +30,23 @@ ERROR_DESCRIPTIONS = {
 }
 # serving.py's deadlines apply before a request reaches its route: any route.
 ON_EVERY_REQUEST = (408,)
-_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"},
-                                "description": "Seconds to wait before retrying"}}
+# The response headers the handlers and errors.py send, by name.
+HEADERS: dict[str, dict[str, Any]] = {
+    "Location": {"description": "The new book's path", "required": True,
+                 "schema": {"type": "string", "pattern": "^/coupons/" + UUID_PATTERN[1:]}},
+    "Link": {"description": "The next page, if there is one: <url>; rel=\"next\"",
+             "schema": {"type": "string", "pattern": '^<[^>]+>; rel="next"$'}},
+    REPLAYED_HEADER: {"description": "Sent when this is the stored answer to an earlier "
+                                     "request with the same Idempotency-Key",
+                      "schema": {"type": "string", "enum": ["true"]}},
+    "WWW-Authenticate": {"description": "The bearer scheme; invalid_token when a token was "
+                                        "sent (RFC 6750)", "required": True,
+                         "schema": {"type": "string",
+                                    "pattern": '^Bearer( error="invalid_token")?$'}},
+    # Not on every 423: a code with no redemptions left has nothing to wait for.
+    "Retry-After": {"description": "Seconds to wait before retrying",
+                    "schema": {"type": "integer"}},
+}
 # Path parameters by name: the same rules the handlers check.
 PATH_PARAMETERS: dict[str, Any] = {"code": Code, "couponBookId": BookId, "userId": UserId}
 
@@ -143,8 +158,10 @@ def _operation(op: Operation, schema_of: dict[int, Any]) -> dict[str, Any]:
     problem = {PROBLEM_MEDIA_TYPE: {"schema": schema_of[id(Problem)]}}
     for status in sorted({*op.errors, *ON_EVERY_REQUEST}):
         responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status], "content": problem}
-        if status in (423, 429, 503):
-            responses[str(status)]["headers"] = _RETRY_AFTER
+    for code, answer in responses.items():
+        headers = _headers(op, int(code))
+        if headers:
+            answer["headers"] = {name: HEADERS[name] for name in headers}
     document: dict[str, Any] = {
         "operationId": op.operation_id,
         "summary": op.summary,
@@ -159,6 +176,18 @@ def _operation(op: Operation, schema_of: dict[int, Any]) -> dict[str, Any]:
             content["text/plain"] = {"schema": {"type": "string", "description": op.text_body}}
         document["requestBody"] = {"required": True, "content": content}
     return document
+
+
+def _headers(op: Operation, status: int) -> list[str]:
+    """The headers an answer of `op` with `status` may carry."""
+    names = list(op.headers.get(status, ()))
+    if op.idempotent and 200 <= status < 300:
+        names.append(REPLAYED_HEADER)
+    if status == 401:
+        names.append("WWW-Authenticate")
+    if status in (423, 429, 503):
+        names.append("Retry-After")
+    return names
 
 
 def encoded(operations: Sequence[Operation]) -> bytes:

@@ -262,6 +262,9 @@ class Operation:
     query: tuple[tuple[str, str, type[Any]], ...] = ()
     # Also accepts a text/plain body (one item per line); described in OpenAPI.
     text_body: str | None = None
+    # status -> headers that answer sends (openapi.HEADERS describes each);
+    # Idempotent-Replayed, WWW-Authenticate and Retry-After follow from the rest.
+    headers: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def route_path(self) -> str:
@@ -280,7 +283,7 @@ _LIMITED_ERRORS = (*_WRITE_ERRORS, 429)
 OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/coupons", create_book, "createCouponBook", "Create a coupon book",
               "coupons", schemas.CreateBook, {201: ("Coupon book created", schemas.Book)},
-              _CREATE_ERRORS),
+              _CREATE_ERRORS, headers={201: ("Location",)}),
     Operation("GET", "/coupons/{couponBookId}", get_book, "getCouponBook",
               "A coupon book with live counts", "coupons", None,
               {200: ("The coupon book", schemas.Book)}, (401, 403, 404, 503)),
@@ -312,7 +315,8 @@ OPERATIONS: tuple[Operation, ...] = (
               (400, 401, 403, 404, 503),
               query=(("couponBookId", "Only codes of this book", schemas.BookId),
                      ("limit", f"Page size, 1-{MAX_PAGE} (default {DEFAULT_PAGE})", PageSize),
-                     ("cursor", "Where the previous page ended (from its Link header)", str))),
+                     ("cursor", "Where the previous page ended (from its Link header)", str)),
+              headers={200: ("Link",)}),
     Operation("GET", "/healthz", healthz, "health", "Liveness: the process answers",
               "operations", None, {200: ("Alive", schemas.Health)}, auth=False),
     Operation("GET", "/readyz", readyz, "ready", "Readiness: the stores answer", "operations",

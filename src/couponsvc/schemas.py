@@ -28,6 +28,9 @@ CodeTemplate = Annotated[
 ]
 Timestamp = Annotated[datetime, Meta(
     tz=True, description="RFC 3339 date-time with offset, from 1970 to 9998 (UTC)")]
+# What the service sends: always in UTC. tz=True is what makes msgspec's schema
+# say `format: date-time` (a bare datetime may be naive, which RFC 3339 is not).
+UtcTimestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 date-time in UTC")]
 PositiveInt = Annotated[int, Meta(ge=1, le=1_000_000_000)]
 TtlSeconds = Annotated[int, Meta(ge=1, le=86_400)]
 LockToken = Annotated[str, Meta(min_length=1, max_length=128)]
@@ -122,13 +125,13 @@ class Book(Out):
     description: str
     multipleRedeemsAllowed: bool
     lockTtlSeconds: int
-    createdAt: datetime
-    updatedAt: datetime
+    createdAt: UtcTimestamp
+    updatedAt: UtcTimestamp
     counts: BookCounts
     maxRedeemsPerCode: int | None = None
     maxPerUser: int | None = None
-    validFrom: datetime | None = None
-    validUntil: datetime | None = None
+    validFrom: UtcTimestamp | None = None
+    validUntil: UtcTimestamp | None = None
 
 
 class Refused(Out):
@@ -158,9 +161,9 @@ class Coupon(Out):
     status: Status
     locked: bool
     timesRedeemed: int
-    assignedAt: datetime
-    lockedUntil: datetime | None = None
-    lastRedeemedAt: datetime | None = None
+    assignedAt: UtcTimestamp
+    lockedUntil: UtcTimestamp | None = None
+    lastRedeemedAt: UtcTimestamp | None = None
 
 
 class LockResult(Out):
@@ -168,7 +171,7 @@ class LockResult(Out):
     couponBookId: str
     assignedTo: str
     lockToken: str
-    lockedUntil: datetime
+    lockedUntil: UtcTimestamp
 
 
 class Redemption(Out):
@@ -176,7 +179,7 @@ class Redemption(Out):
     couponBookId: str
     assignedTo: str
     timesRedeemed: int
-    redeemedAt: datetime
+    redeemedAt: UtcTimestamp
     # null when the book allows unlimited redemptions
     redemptionsLeft: int | None
 

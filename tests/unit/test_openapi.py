@@ -178,3 +178,72 @@ def test_links_name_real_operations_parameters_and_fields(document):
                     field = re.fullmatch(r"\$response\.body#/(\w+)(/\d+)?", expression)
                     assert field and field.group(1) in produced["properties"], expression
     assert found >= 10
+
+
+def response_headers(document, path, method, status):
+    return document["paths"][path][method]["responses"][str(status)].get("headers", {})
+
+
+def test_created_book_names_its_location(document):
+    location = response_headers(document, "/coupons", "post", 201)["Location"]
+
+    assert location["required"] is True
+    assert re.fullmatch(location["schema"]["pattern"],
+                        "/coupons/3d923150-5c16-430b-a40c-60835dafadc7")
+
+
+def test_listing_names_its_next_page_link(document):
+    link = response_headers(document, "/users/{userId}/coupons", "get", 200)["Link"]
+
+    assert not link.get("required")  # the last page has none
+    assert re.fullmatch(link["schema"]["pattern"],
+                        '<http://127.0.0.1:8000/users/bob/coupons?cursor=MTpB&limit=1>; '
+                        'rel="next"')
+
+
+def test_idempotent_answers_may_say_they_are_replays(document):
+    for op in OPERATIONS:
+        headers = response_headers(document, op.path, op.method.lower(), min(op.responses))
+        if op.idempotent:
+            replayed = headers["Idempotent-Replayed"]
+            assert not replayed.get("required"), op.path  # only on a replay
+            assert replayed["schema"] == {"type": "string", "enum": ["true"]}
+        else:
+            assert "Idempotent-Replayed" not in headers, op.path
+
+
+def test_401_names_the_bearer_scheme(document):
+    for op in OPERATIONS:
+        if 401 not in op.errors:
+            continue
+        challenge = response_headers(document, op.path, op.method.lower(), 401)[
+            "WWW-Authenticate"]
+        assert challenge["required"] is True
+        for sent in ("Bearer", 'Bearer error="invalid_token"'):
+            assert re.fullmatch(challenge["schema"]["pattern"], sent)
+
+
+def test_every_503_says_when_to_retry(document):
+    for path, method, operation in operations(document):
+        if "503" in operation["responses"]:
+            assert "Retry-After" in response_headers(document, path, method, 503), path
+    assert "Retry-After" in response_headers(document, "/readyz", "get", 503)
+
+
+def datetime_fields(struct):
+    for field in msgspec.structs.fields(struct):
+        if "datetime" in str(field.type):
+            yield field.name
+
+
+@pytest.mark.parametrize("struct", [schemas.Book, schemas.Coupon, schemas.LockResult,
+                                    schemas.Redemption])
+def test_response_timestamps_are_date_times(document, struct):
+    properties = document["components"]["schemas"][struct.__name__]["properties"]
+    names = list(datetime_fields(struct))
+
+    assert names
+    for name in names:
+        schema = properties[name]
+        options = schema.get("anyOf", [schema])
+        assert {"type": "string", "format": "date-time"}.items() <= options[0].items(), name
