@@ -1,9 +1,14 @@
 -- Locks an assigned code for its owner for a while (SET NX PX: the lock
 -- expires by itself). Also records, lazily, locks of this book that expired.
 -- KEYS[1] meta hash  KEYS[2] assigned hash  KEYS[3] lock key  KEYS[4] locks zset
--- KEYS[5] events stream
+-- KEYS[5] events stream  KEYS[6] idempotency list (optional)
 -- ARGV[1] code  ARGV[2] user id  ARGV[3] new lock token  ARGV[4] ttl ms ('' = book default)
--- Returns {'ok', code view..., lockToken} or {error status, detail...}.
+-- ARGV[5] request fingerprint  ARGV[6] idempotency ttl (ms)
+-- Returns {'ok'|'replayed', code view..., lockToken} or {error status, detail...}.
+-- A replay returns the first answer, token included: a checkout whose answer
+-- was lost can still redeem with its lock.
+local replay = idem_replay(KEYS[6], ARGV[5])
+if replay then return replay end
 local code, user, token = ARGV[1], ARGV[2], ARGV[3]
 local m = redis.call('HMGET', KEYS[1], 'id', 'validFrom', 'validUntil', 'lockTtlMs',
   'multipleRedeemsAllowed', 'maxRedeemsPerCode')
@@ -39,4 +44,6 @@ a.v = a.v + 1
 write_assignment(KEYS[2], code, a)
 redis.call('ZADD', KEYS[4], until_ms, code)
 emit_code(KEYS[5], 'locked', m[1], code, a, now, 'until', until_ms)
-return reply('ok', code_view(m[1], code, a, until_ms, limit), token)
+local result = reply('ok', code_view(m[1], code, a, until_ms, limit), token)
+idem_store(KEYS[6], ARGV[5], ARGV[6], result)
+return result

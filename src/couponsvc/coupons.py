@@ -111,22 +111,26 @@ class Coupons:
         raise_for(reply, code, principal, "assign")
         return Outcome(parse_view(reply, 1), reply[0] == "replayed")
 
-    async def lock(self, principal: Principal, code: str, user_id: str,
-                   ttl_seconds: int | None) -> LockResult:
+    async def lock(self, principal: Principal, code: str, user_id: str, ttl_seconds: int | None,
+                   idem: Idempotency | None = None) -> tuple[LockResult, bool]:
         principal.require_user(user_id)
         book = await self.store.book_of_code(code)
+        if idem is not None:
+            await self._bind_key(idem)
         k = book.keys
         token = secrets.token_urlsafe(18)
         ttl_ms = "" if ttl_seconds is None else str(ttl_seconds * 1000)
+        idem_keys, idem_args = self._idem_args(book, idem)
         reply = await self.store.run(
-            "lock", [k.meta, k.assigned, k.lock(code), k.locks, k.events],
-            [code, user_id, token, ttl_ms],
+            "lock", [k.meta, k.assigned, k.lock(code), k.locks, k.events, *idem_keys],
+            [code, user_id, token, ttl_ms, *idem_args],
         )
         raise_for(reply, code, principal, "lock")
         coupon = parse_view(reply, 1)
         assert coupon.lockedUntil is not None
-        return LockResult(code=code, couponBookId=coupon.couponBookId, assignedTo=user_id,
-                          lockToken=str(reply[1 + VIEW_LEN]), lockedUntil=coupon.lockedUntil)
+        result = LockResult(code=code, couponBookId=coupon.couponBookId, assignedTo=user_id,
+                            lockToken=str(reply[1 + VIEW_LEN]), lockedUntil=coupon.lockedUntil)
+        return result, reply[0] == "replayed"
 
     async def unlock(self, principal: Principal, code: str, user_id: str, token: str) -> Coupon:
         principal.require_user(user_id)

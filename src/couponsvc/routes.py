@@ -144,9 +144,11 @@ async def lock_code(request: Request) -> Response:
     code = _path_code(request)
     req = await json_body(request, schemas.Lock)
     coupons = _services(request).coupons
-    result = await _look_up(request, principal, req.userId,
-                            lambda: coupons.lock(principal, code, req.userId, req.ttlSeconds))
-    return json_response(result)
+    idem = _idempotency(request, principal, req)
+    result, replayed = await _look_up(
+        request, principal, req.userId,
+        lambda: coupons.lock(principal, code, req.userId, req.ttlSeconds, idem))
+    return json_response(result, headers=_replayed(replayed))
 
 
 async def unlock_code(request: Request) -> Response:
@@ -300,7 +302,8 @@ OPERATIONS: tuple[Operation, ...] = (
               {200: ("The assigned code", schemas.Coupon)}, _LIMITED_ERRORS, idempotent=True),
     Operation("POST", "/coupons/lock/{code}", lock_code, "lockCoupon",
               "Lock a code for a while, for its owner's checkout", "coupons", schemas.Lock,
-              {200: ("The lock", schemas.LockResult)}, (*_LIMITED_ERRORS, 423)),
+              {200: ("The lock", schemas.LockResult)}, (*_LIMITED_ERRORS, 423),
+              idempotent=True),
     Operation("POST", "/coupons/unlock/{code}", unlock_code, "unlockCoupon",
               "Release a lock", "coupons", schemas.Unlock,
               {200: ("The code, unlocked", schemas.Coupon)}, (*_WRITE_ERRORS, 423)),

@@ -73,11 +73,12 @@ class Api:
         return await self.post(f"/coupons/assign/{code}", {"userId": user_id}, token=token)
 
     async def lock(self, code: str, user_id: str, ttl: int | None = None, *,
-                   token: str | None = None) -> httpx.Response:
+                   token: str | None = None,
+                   headers: Mapping[str, str] | None = None) -> httpx.Response:
         body: dict[str, Any] = {"userId": user_id}
         if ttl is not None:
             body["ttlSeconds"] = ttl
-        return await self.post(f"/coupons/lock/{code}", body, token=token)
+        return await self.post(f"/coupons/lock/{code}", body, token=token, headers=headers)
 
     async def unlock(self, code: str, user_id: str, lock_token: str, *,
                      token: str | None = None) -> httpx.Response:

@@ -131,7 +131,7 @@ class ServiceDriver:
 
     def lock(self, caller: Caller, code: str, user: str, ttl: int | None) -> Result:
         async def run() -> tuple[object, bool]:
-            return await self._coupons.lock(self._principal(caller), code, user, ttl), False
+            return await self._coupons.lock(self._principal(caller), code, user, ttl)
         return self._call(run())
 
     def unlock(self, caller: Caller, code: str, user: str, token: str) -> Result:

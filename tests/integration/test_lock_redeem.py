@@ -192,6 +192,29 @@ async def test_redeem_replays_with_an_idempotency_key(api: Api, redis: Redis) ->
     assert listed["timesRedeemed"] == 1
 
 
+async def test_a_lock_whose_answer_was_lost_is_recovered_with_its_key(
+        api: Api, redis: Redis) -> None:
+    """Without a key the retry would be 423 (the code is locked, by this very
+    checkout) until the lock expires; with one it gets the first answer, and
+    its token redeems."""
+    book, code, user = await api.owned_code()
+    key = {"Idempotency-Key": f"checkout-{uuid.uuid4()}"}
+    token = api.server.token("checkout", "coupons:write")
+
+    first = await api.lock(code, user, 60, token=token, headers=key)
+    retry = await api.lock(code, user, 60, token=token, headers=key)
+    other = await api.lock(code, user, 30, token=token, headers=key)
+
+    assert first.status_code == retry.status_code == 200, (first.text, retry.text)
+    assert "idempotent-replayed" not in first.headers
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json() == first.json()
+    assert_problem(other, 409, "idempotency-key-reused")
+    assert len(await events(redis, book["id"], "locked")) == 1
+    redeemed = await api.redeem(code, user, retry.json()["lockToken"], token=token)
+    assert redeemed.status_code == 200, redeemed.text
+
+
 @pytest.mark.parametrize("action", PATH_ACTIONS)
 async def test_bad_code_in_path_is_400(api: Api, action: str) -> None:
     response = await api.post(f"/coupons/{action}/bad!code", _body(action, new_user()))

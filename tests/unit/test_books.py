@@ -321,8 +321,8 @@ async def test_book_counts_after_a_mix_of_operations(make_book, books, coupons, 
     for code in codes[:4]:
         await coupons.assign_code(writer, code, "bob", None, None)
     await coupons.assign_random(writer, book.id, "carol", None)
-    held = await coupons.lock(writer, "C0", "bob", None)
-    released = await coupons.lock(writer, "C1", "bob", None)
+    held, _ = await coupons.lock(writer, "C0", "bob", None)
+    released, _ = await coupons.lock(writer, "C1", "bob", None)
     await coupons.lock(writer, "C2", "bob", None)
     await coupons.unlock(writer, "C1", "bob", released.lockToken)
     await coupons.redeem(writer, "C0", "bob", held.lockToken, None)

@@ -46,7 +46,7 @@ async def exercise(books: Books, coupons: Coupons, writer: Any) -> None:
     await books.get(book.id)
     await coupons.assign_random(writer, book.id, "bob", Idempotency("checkout", "k1", "fp1"))
     await coupons.assign_code(writer, "UP-1", "bob", book.id, Idempotency("checkout", "k2", "fp2"))
-    lock = await coupons.lock(writer, "UP-1", "bob", None)
+    lock, _ = await coupons.lock(writer, "UP-1", "bob", None)
     await coupons.unlock(writer, "UP-1", "bob", lock.lockToken)
     await coupons.redeem(writer, "UP-1", "bob", None, Idempotency("checkout", "k3", "fp3"))
     await coupons.list_for_user(writer, "bob", None, 10, None)

@@ -60,7 +60,7 @@ async def test_filter_by_book(two_books, coupons, writer):
 
 
 async def test_listing_shows_each_code_state(two_books, coupons, writer):
-    lock = await coupons.lock(writer, "A-2", "bob", None)
+    lock, _ = await coupons.lock(writer, "A-2", "bob", None)
     await coupons.redeem(writer, "B_3", "bob", None, None)
 
     page = await coupons.list_for_user(writer, "bob", None, 3, None)

@@ -40,7 +40,7 @@ async def bobs_code(make_book, coupons, writer):
 async def test_lock_returns_a_token_and_sets_an_expiring_lock(bobs_code, coupons, writer, redis,
                                                               events):
     before = datetime.now(UTC)
-    result = await coupons.lock(writer, "C1", "bob", None)
+    result, _ = await coupons.lock(writer, "C1", "bob", None)
 
     assert (result.code, result.couponBookId, result.assignedTo) == ("C1", bobs_code.id, "bob")
     assert len(result.lockToken) >= 16
@@ -56,14 +56,14 @@ async def test_lock_returns_a_token_and_sets_an_expiring_lock(bobs_code, coupons
 
 
 async def test_lock_with_explicit_ttl(bobs_code, coupons, writer, redis):
-    result = await coupons.lock(writer, "C1", "bob", 5)
+    result, _ = await coupons.lock(writer, "C1", "bob", 5)
 
     assert 4_000 < await redis.pttl("cb:{book:1}:lock:C1") <= 5_000
     assert result.lockedUntil < datetime.now(UTC) + timedelta(seconds=6)
 
 
 async def test_second_lock_is_refused_with_when_to_retry(bobs_code, coupons, writer, redis):
-    first = await coupons.lock(writer, "C1", "bob", None)
+    first, _ = await coupons.lock(writer, "C1", "bob", None)
 
     with pytest.raises(errors.CodeLocked) as caught:
         await coupons.lock(writer, "C1", "bob", None)
@@ -117,11 +117,11 @@ async def test_lock_and_redeem_outside_the_validity_window(bobs_code, coupons, w
 
 async def test_expired_lock_is_recorded_before_the_next_lock(bobs_code, coupons, writer, redis,
                                                              events):
-    first = await coupons.lock(writer, "C1", "bob", 1)
+    first, _ = await coupons.lock(writer, "C1", "bob", 1)
     await asyncio.sleep(1.1)
     assert await redis.exists("cb:{book:1}:lock:C1") == 0
 
-    second = await coupons.lock(writer, "C1", "bob", None)
+    second, _ = await coupons.lock(writer, "C1", "bob", None)
 
     assert second.lockToken != first.lockToken
     assert await redis.get("cb:{book:1}:lock:C1") == second.lockToken
@@ -153,7 +153,7 @@ async def test_lock_records_expired_locks_of_other_codes(make_book, coupons, wri
 
 
 async def test_unlock_with_the_token(bobs_code, coupons, writer, redis, events):
-    lock = await coupons.lock(writer, "C1", "bob", None)
+    lock, _ = await coupons.lock(writer, "C1", "bob", None)
 
     coupon = await coupons.unlock(writer, "C1", "bob", lock.lockToken)
 
@@ -163,13 +163,13 @@ async def test_unlock_with_the_token(bobs_code, coupons, writer, redis, events):
     assert (await events(bobs_code.id))[-1].items() >= {
         "type": "unlocked", "code": "C1", "user": "bob", "v": "3"}.items()
     # Locked again right away, by anyone holding the code.
-    assert (await coupons.lock(writer, "C1", "bob", None)).lockToken != lock.lockToken
+    assert (await coupons.lock(writer, "C1", "bob", None))[0].lockToken != lock.lockToken
 
 
 async def test_unlock_refusals(bobs_code, coupons, writer, alice, redis):
     with pytest.raises(errors.NotLocked):
         await coupons.unlock(writer, "C1", "bob", "whatever")
-    lock = await coupons.lock(writer, "C1", "bob", None)
+    lock, _ = await coupons.lock(writer, "C1", "bob", None)
 
     with pytest.raises(errors.CodeLocked):
         await coupons.unlock(writer, "C1", "bob", "not-the-token")
@@ -199,7 +199,7 @@ async def test_redeem_without_a_lock(bobs_code, coupons, writer, redis, events):
 
 
 async def test_redeem_of_a_locked_code_needs_its_token(bobs_code, coupons, writer, redis):
-    lock = await coupons.lock(writer, "C1", "bob", None)
+    lock, _ = await coupons.lock(writer, "C1", "bob", None)
 
     for token in (None, "not-the-token"):
         with pytest.raises(errors.CodeLocked):
@@ -258,7 +258,7 @@ async def test_unlimited_redemptions(make_book, coupons, writer, redis):
         (n, None) for n in range(1, 6)]
     assert await redis.hget("cb:{book:1}:meta", "redeemed") == "5"
     # Still lockable: it never runs out.
-    assert (await coupons.lock(writer, "U1", "bob", None)).code == "U1"
+    assert (await coupons.lock(writer, "U1", "bob", None))[0].code == "U1"
 
 
 # --- versions ----------------------------------------------------------------
@@ -275,13 +275,13 @@ async def test_each_change_of_a_code_adds_exactly_one_to_its_version(make_book, 
 
     await coupons.assign_code(writer, "V1", "bob", None, None)
     versions.append(await version())
-    lock = await coupons.lock(writer, "V1", "bob", None)
+    lock, _ = await coupons.lock(writer, "V1", "bob", None)
     versions.append(await version())
     await coupons.unlock(writer, "V1", "bob", lock.lockToken)
     versions.append(await version())
     await coupons.redeem(writer, "V1", "bob", None, None)
     versions.append(await version())
-    lock = await coupons.lock(writer, "V1", "bob", None)
+    lock, _ = await coupons.lock(writer, "V1", "bob", None)
     versions.append(await version())
     await coupons.redeem(writer, "V1", "bob", lock.lockToken, None)
     versions.append(await version())
@@ -311,7 +311,7 @@ async def test_code_events_carry_the_state_after_the_change(make_book, coupons, 
 
     await coupons.assign_code(writer, "S1", "bob", None, None)
     await check_last_event("assigned")
-    lock = await coupons.lock(writer, "S1", "bob", None)
+    lock, _ = await coupons.lock(writer, "S1", "bob", None)
     await check_last_event("locked")
     await coupons.unlock(writer, "S1", "bob", lock.lockToken)
     await check_last_event("unlocked")
@@ -334,7 +334,7 @@ async def test_locks_and_redeems_gathered_at_once_each_get_their_own_outcome(
     winners = [r for r in locks if not isinstance(r, Exception)]
     assert len(winners) == 1
     assert all(isinstance(r, errors.CodeLocked) for r in locks if r not in winners)
-    token = winners[0].lockToken
+    token = winners[0][0].lockToken
 
     redeems = await asyncio.gather(
         *(coupons.redeem(writer, "C1", "bob", token, None) for _ in range(20)),

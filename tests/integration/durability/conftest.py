@@ -165,9 +165,9 @@ async def scenario(service: Service) -> Scenario:
     locked = (await coupons.assign_random(OPS, single.id, "bob", None)).coupon.code
     with pytest.raises(errors.UserLimitReached):
         await coupons.assign_random(OPS, single.id, "alice", None)
-    token = (await coupons.lock(OPS, redeemed, "alice", None)).lockToken
+    token = (await coupons.lock(OPS, redeemed, "alice", None))[0].lockToken
     await coupons.redeem(OPS, redeemed, "alice", token, None)
-    token = (await coupons.lock(OPS, unlocked, "alice", 30)).lockToken
+    token = (await coupons.lock(OPS, unlocked, "alice", 30))[0].lockToken
     await coupons.unlock(OPS, unlocked, "alice", token)
     await coupons.lock(OPS, locked, "bob", None)
 
