@@ -34,7 +34,8 @@ ON_EVERY_REQUEST = (408,)
 HEADERS: dict[str, dict[str, Any]] = {
     "Location": {"description": "The new book's path", "required": True,
                  "schema": {"type": "string", "pattern": "^/coupons/" + UUID_PATTERN[1:]}},
-    "Link": {"description": "The next page, if there is one: <url>; rel=\"next\"",
+    "Link": {"description": "The next page, if there is one: <url>; rel=\"next\", the URL "
+                            "relative to this request's",
              "schema": {"type": "string", "pattern": '^<[^>]+>; rel="next"$'}},
     REPLAYED_HEADER: {"description": "Sent when this is the stored answer to an earlier "
                                      "request with the same Idempotency-Key",

@@ -213,8 +213,10 @@ async def list_user_coupons(request: Request) -> Response:
         principal, user_id, book_id, limit, request.query_params.get("cursor"))
     headers = None
     if page.next_cursor is not None:
+        # Relative (RFC 8288 resolves it against the request's URL): the Host
+        # header is the client's to set, and a proxy may rewrite the rest.
         next_url = request.url.include_query_params(cursor=page.next_cursor, limit=limit)
-        headers = {"Link": f'<{next_url}>; rel="next"'}
+        headers = {"Link": f'<{next_url.path}?{next_url.query}>; rel="next"'}
     return json_response(page.coupons, headers=headers)
 
 

@@ -13,6 +13,7 @@ import pytest
 from .api_client import Api
 from .names import new_user
 from .problems import assert_problem
+from .tokens import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -82,12 +83,25 @@ async def test_pages_follow_the_link_header_until_there_is_none(api: Api) -> Non
         seen.extend(c["code"] for c in page)
         url = next_url(response)
         if url is not None:
-            assert url.startswith(f"{api.server.base_url}/users/{user}/coupons?")
+            assert url.startswith(f"/users/{user}/coupons?")  # relative to the request
             assert "limit=2" in url and "cursor=" in url
 
     assert pages == [2, 2, 2, 2]
     assert sorted(seen) == sorted(codes)
     assert len(seen) == len(set(seen)) == 8
+
+
+async def test_the_link_does_not_take_the_host_from_the_request(api: Api) -> None:
+    user = new_user()
+    await give(api, user, [2])
+
+    response = await api.client.get(f"/users/{user}/coupons?limit=1",
+                                    headers={**bearer(api.server.admin),
+                                             "Host": "evil.example"})
+
+    assert response.status_code == 200, response.text
+    assert "evil.example" not in response.headers["link"]
+    assert (next_url(response) or "").startswith(f"/users/{user}/coupons?")
 
 
 async def test_a_page_exactly_as_long_as_the_list_has_no_link(api: Api) -> None:
