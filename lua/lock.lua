@@ -21,6 +21,10 @@ if outside_window(m[2], m[3], now) then return {'book_not_active'} end
 local limit = redeem_limit(m[5], m[6])
 if limit >= 0 and a.times >= limit then return {'redeemed', a.times} end
 local ttl = tonumber(ARGV[4]) or tonumber(m[4])
+-- A lock ends when the book does: after validUntil its token could redeem
+-- nothing, so lockedUntil never promises more.
+local until_book = tonumber(m[3])
+if until_book and now + ttl > until_book then ttl = until_book - now end
 if not redis.call('SET', KEYS[3], token, 'NX', 'PX', ttl) then
   return {'locked', live_lock_until(KEYS[4], KEYS[3], code, now)}
 end

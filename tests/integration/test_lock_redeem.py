@@ -288,3 +288,19 @@ async def test_nothing_happens_once_the_book_has_expired(api: Api, redis: Redis)
     assert_problem(await api.lock(code, user), 409, "book-not-active")
     assert_problem(await api.redeem(code, user), 409, "book-not-active")
     assert await events(redis, book["id"], "redeemed") == []
+
+
+async def test_a_lock_ends_when_its_book_does(api: Api, redis: Redis) -> None:
+    """Past validUntil the lock's token could redeem nothing, so the lock
+    (its key's expiry and the lockedUntil it reports) stops there."""
+    until = (datetime.now(UTC) + timedelta(seconds=30)).replace(microsecond=0)
+    book, code, user = await api.owned_code(validUntil=until.isoformat())
+
+    response = await api.lock(code, user, 600)
+
+    assert response.status_code == 200, response.text
+    assert datetime.fromisoformat(response.json()["lockedUntil"]) == until
+    prefix = await book_keys(redis, book["id"])
+    assert 0 < await redis.pttl(f"{prefix}:lock:{code}") <= 30_000
+    [locked] = await events(redis, book["id"], "locked")
+    assert int(locked["until"]) == int(until.timestamp() * 1000)
