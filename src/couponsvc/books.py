@@ -377,6 +377,10 @@ def _check_settings(req: CreateBook) -> None:
             raise errors.InvalidRequest(
                 f"{name} must be from 1970-01-01 up to (not including) 9999-01-01 UTC",
                 field=name)
+    if req.codePattern is not None and not req.initialCouponAmount:
+        # The pattern is not kept: without codes to make now it would be dropped.
+        raise errors.InvalidRequest("codePattern needs initialCouponAmount above 0",
+                                    field="codePattern")
     if req.maxRedeemsPerCode is not None and not req.multipleRedeemsAllowed:
         raise errors.InvalidRequest(
             "maxRedeemsPerCode needs multipleRedeemsAllowed: true", field="maxRedeemsPerCode")

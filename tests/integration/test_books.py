@@ -124,6 +124,10 @@ INVALID_BOOKS: list[Any] = [
                  "codePattern", id="pattern-without-placeholder"),
     pytest.param({"name": "x", "codePattern": "bad pattern!"}, "codePattern",
                  id="pattern-bad-characters"),
+    pytest.param({"name": "x", "codePattern": "GOOD-####"}, "codePattern",
+                 id="pattern-without-amount"),
+    pytest.param({"name": "x", "codePattern": "GOOD-####", "initialCouponAmount": 0},
+                 "codePattern", id="pattern-with-zero-amount"),
     pytest.param({"name": "x", "initialCouponAmount": -1}, "initialCouponAmount",
                  id="negative-amount"),
     # Postgres text refuses NUL: it must be a 400 here, not a 500 there.
