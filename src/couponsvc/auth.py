@@ -76,7 +76,9 @@ class TokenVerifier:
             raise Unauthorized("send Authorization: Bearer <token>", credentials_sent=False)
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+            # Another scheme, or no token: no bearer credentials were sent.
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'",
+                               credentials_sent=False)
         try:
             claims = jwt.decode(
                 token.strip(),

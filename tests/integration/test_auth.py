@@ -61,6 +61,17 @@ BAD_CREDENTIALS = ["no-header", "empty-bearer", "basic-scheme", "token-without-s
                    "unexpected-audience"]
 
 
+# RFC 6750 section 3.1: no error code when the request carried no credentials,
+# error="invalid_token" when it carried a bearer token that does not verify.
+NO_CREDENTIALS_CHALLENGE = "Bearer"
+INVALID_TOKEN_CHALLENGE = 'Bearer error="invalid_token"'
+# The credential cases that send a token in the Bearer scheme (the others send
+# none, or no Bearer scheme: only the challenge's scheme is checked for those).
+INVALID_TOKENS = ["garbage", "alg-none", "wrong-key", "hs512", "expired", "missing-sub",
+                  "empty-sub", "missing-exp", "not-yet-valid", "scope-not-a-string",
+                  "unexpected-audience"]
+
+
 def assert_unauthorized(response: httpx.Response) -> dict[str, Any]:
     problem = assert_problem(response, 401, "unauthorized")
     assert response.headers["www-authenticate"].startswith("Bearer"), response.headers
@@ -75,6 +86,37 @@ async def test_bad_credentials_are_401(api: Api, case: str) -> None:
     response = await api.client.post("/coupons", json={"name": "never"}, headers=headers)
 
     assert_unauthorized(response)
+
+
+NO_BEARER_TOKEN = ["no-header", "empty-bearer", "basic-scheme", "token-without-scheme"]
+
+
+@pytest.mark.parametrize("case", NO_BEARER_TOKEN)
+async def test_a_request_without_a_bearer_token_is_challenged_without_an_error_code(
+        api: Api, case: str) -> None:
+    """A client that did not know it had to authenticate, or tried another
+    scheme, is told the scheme, not that its (absent) token is invalid
+    (RFC 6750, section 3.1)."""
+    header = _authorization(case, api.server)
+    headers = {} if header is None else {"Authorization": header}
+
+    response = await api.client.post("/coupons", json={"name": "never"}, headers=headers)
+
+    assert_unauthorized(response)
+    assert response.headers.get_list("www-authenticate") == [NO_CREDENTIALS_CHALLENGE]
+
+
+@pytest.mark.parametrize("case", INVALID_TOKENS)
+async def test_a_bad_token_is_challenged_with_invalid_token(api: Api, case: str) -> None:
+    """A client library refreshes its token on error="invalid_token"."""
+    header = _authorization(case, api.server)
+    assert header is not None
+
+    response = await api.client.post("/coupons", json={"name": "never"},
+                                     headers={"Authorization": header})
+
+    assert_unauthorized(response)
+    assert response.headers.get_list("www-authenticate") == [INVALID_TOKEN_CHALLENGE]
 
 
 SOME_BOOK = str(uuid.UUID(int=7))
@@ -104,6 +146,8 @@ async def test_every_route_but_health_needs_a_token(
     response = await api.client.request(method, path, json=body, headers=headers)
 
     assert_unauthorized(response)
+    expected = NO_CREDENTIALS_CHALLENGE if case == "no-header" else INVALID_TOKEN_CHALLENGE
+    assert response.headers.get_list("www-authenticate") == [expected]
 
 
 ADMIN_ONLY = [("POST", "/coupons"), ("GET", "/coupons/{book}"), ("POST", "/coupons/codes")]
@@ -269,3 +313,4 @@ async def test_wrong_audience_or_issuer_is_401(aud_iss: Api, claims: dict[str, s
     response = await aud_iss.get(f"/users/{new_user()}/coupons", token=token)
 
     assert_unauthorized(response)
+    assert response.headers.get_list("www-authenticate") == [INVALID_TOKEN_CHALLENGE]
