@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from starlette.types import Receive, Scope, Send
+
+from couponsvc.app import create_app
+from couponsvc.coupons import Coupons
+from couponsvc.settings import Settings
+from couponsvc.store import Store
 
 from .api_client import Api
 from .names import new_code, new_user
 from .problems import assert_problem
-from .tokens import bearer
+from .servers import RedisServer, started
+from .tokens import ADMIN, WRITE, bearer, make_token
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +147,107 @@ async def test_one_of_each_error_a_request_can_provoke_is_a_clean_problem(api: A
     assert_problem(await api.redeem(code, owner), 423, "code-locked")
     assert (await api.redeem(code, owner, lock["lockToken"])).status_code == 200
     assert_problem(await api.redeem(code, owner), 423, "code-redeemed")
+
+
+# --- a bug inside a handler: 500, logged, nothing leaked ----------------------
+#
+# A bug cannot be provoked from outside a correct server, so these tests host
+# the real app in-process (httpx's ASGI transport, on a redis-server of their
+# own) and break one of its parts. What is under test is the app's mapping of
+# an unexpected exception, which is the same in any server.
+
+IN_PROCESS_SECRET = "in-process-secret-of-well-over-thirty-two-characters"
+# Would betray internals if any of it reached a client.
+INTERNALS = "password=hunter2 in /srv/couponsvc/internal.py"
+SURPRISE_STATUS = "surprise_status_from_a_newer_script"
+
+
+@pytest.fixture
+async def in_process(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The app from create_app, its lifespan run as a server runs it."""
+    with started(RedisServer(tmp_path)) as redis:
+        settings = Settings(env="test", redis_url=redis.url, jwt_secret=IN_PROCESS_SECRET,
+                            rate_limits=False)
+        app = create_app(settings)
+        async with app.router.lifespan_context(app) as state:
+
+            async def served(scope: Scope, receive: Receive, send: Send) -> None:
+                scope["state"] = dict(state or {})  # what a server copies into each request
+                await app(scope, receive, send)
+
+            # Starlette re-raises a 500's exception to the server after answering
+            # (a server logs it); the transport would raise it here.
+            transport = httpx.ASGITransport(app=served, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport,
+                                         base_url="http://in-process") as client:
+                yield client
+
+
+def _in_process_token(scope: str) -> dict[str, str]:
+    return bearer(make_token(IN_PROCESS_SECRET, "ops", scope))
+
+
+def _script_answers_an_unknown_status(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The assign script answers a status this code does not know (a script
+    and a service of different versions): store.raise_for's last resort."""
+    real_run = Store.run
+
+    def run(self: Store, name: str, keys: Sequence[str],
+            args: Sequence[Any] = ()) -> Awaitable[Any]:
+        if name != "assign_random":
+            return real_run(self, name, keys, args)
+
+        async def reply() -> list[str]:
+            return [SURPRISE_STATUS]
+
+        return reply()
+
+    monkeypatch.setattr(Store, "run", run)
+    return SURPRISE_STATUS
+
+
+def _service_raises(monkeypatch: pytest.MonkeyPatch) -> str:
+    async def assign_random(*_: Any) -> Any:
+        raise RuntimeError(INTERNALS)
+
+    monkeypatch.setattr(Coupons, "assign_random", assign_random)
+    return INTERNALS
+
+
+@pytest.mark.parametrize("fault", [_script_answers_an_unknown_status, _service_raises],
+                         ids=["unknown-script-status", "service-raises"])
+async def test_an_unexpected_error_is_a_500_problem_that_leaks_nothing_and_is_logged(
+        in_process: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, fault: Any) -> None:
+    client = in_process
+    admin, writer = _in_process_token(f"{ADMIN} {WRITE}"), _in_process_token(WRITE)
+    created = await client.post("/coupons", json={"name": "in process"}, headers=admin)
+    assert created.status_code == 201, created.text
+    book_id = created.json()["id"]
+    added = await client.post(
+        "/coupons/codes", json={"couponBookId": book_id, "codes": [new_code(), new_code()]},
+        headers=admin)
+    assert added.status_code == 200, added.text
+    secret = fault(monkeypatch)
+    caplog.set_level(logging.ERROR, logger="couponsvc")
+
+    assign = {"userId": "u1", "couponBookId": book_id}
+    response = await client.post("/coupons/assign", json=assign, headers=writer)
+
+    body = assert_problem(response, 500, "internal-error")
+    assert body["type"] == "/problems/internal-error"
+    assert set(body) == {"type", "title", "status", "detail"}
+    for internal in (secret, "RuntimeError", "unexpected script status", "Traceback",
+                     "assign_random"):
+        assert internal not in response.text
+    logged = [r for r in caplog.records
+              if r.name == "couponsvc" and r.getMessage() == "unhandled error"]
+    assert len(logged) == 1, caplog.text
+    assert logged[0].levelno == logging.ERROR
+    assert logged[0].exc_info is not None
+    assert isinstance(logged[0].exc_info[1], RuntimeError)
+    assert secret in str(logged[0].exc_info[1])  # the operator sees what the client did not
+    # The app keeps serving once the part works again.
+    monkeypatch.undo()
+    again = await client.post("/coupons/assign", json=assign, headers=writer)
+    assert again.status_code == 200, again.text

@@ -22,13 +22,19 @@ from .api_client import Api, http_client
 from .conftest import is_cluster
 from .names import new_code, new_user
 from .problems import assert_problem
+from .redis_state import book_keys
 from .servers import ApiServer, RedisServer
+from .tokens import bearer
 
 pytestmark = pytest.mark.integration
 
 MISSES_PER_CALLER = 5
 MISSES_PER_ADDRESS = 8
 ASSIGNS_PER_CALLER = 4
+# The second server's: fewer assigns per address than the users behind it
+# could make each within their own limit.
+ASSIGNS_PER_ADDRESS = 6
+ASSIGNS_PER_USER = 2
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +54,42 @@ def limited_server(redis_server: RedisServer | RedisCluster,
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def address_limited_server(redis_server: RedisServer | RedisCluster,
+                           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """A small assign limit per client address, the per-caller one well above
+    what each user here asks for."""
+    env = {
+        "COUPONSVC_RATE_LIMITS": "on",
+        "COUPONSVC_RATE_LIMIT_ASSIGN": f"{ASSIGNS_PER_CALLER}/minute",
+        "COUPONSVC_RATE_LIMIT_ASSIGN_ADDRESS": f"{ASSIGNS_PER_ADDRESS}/minute",
+    }
+    if is_cluster(redis_server):
+        env["COUPONSVC_REDIS_CLUSTER"] = "true"
+    server = ApiServer(redis_server.url, tmp_path_factory.mktemp("address-limited"),
+                       env).start()
+    yield server
+    server.stop()
+
+
+def new_address() -> str:
+    """A made-up client address, sent in X-Forwarded-For (trusted from 127.0.0.1)."""
+    return f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+
+
 @pytest.fixture
 async def limited(limited_server: ApiServer) -> AsyncIterator[Api]:
     # A made-up client address of its own for each test.
-    address = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
     async with http_client(limited_server.base_url) as client:
-        client.headers["X-Forwarded-For"] = address
+        client.headers["X-Forwarded-For"] = new_address()
         yield Api(client, limited_server)
+
+
+@pytest.fixture
+async def address_limited(address_limited_server: ApiServer) -> AsyncIterator[Api]:
+    async with http_client(address_limited_server.base_url) as client:
+        client.headers["X-Forwarded-For"] = new_address()
+        yield Api(client, address_limited_server)
 
 
 def assert_throttled(response: httpx.Response) -> None:
@@ -159,3 +194,47 @@ async def test_limits_off_never_throttle(api: Api) -> None:
     answers = {(await api.lock(new_code("GUESS"), user, token=token)).status_code
                for _ in range(3 * MISSES_PER_ADDRESS)}
     assert answers == {404}
+
+
+async def test_end_users_behind_one_address_share_its_assign_limit(
+        address_limited: Api, redis: Redis) -> None:
+    """Many accounts on one device (or one abuser's script) cannot each take
+    their own per-user share: the address stops them all at its limit."""
+    api = address_limited
+    book, codes = await api.book_with_codes(20, maxPerUser=ASSIGNS_PER_USER)
+    prefix = await book_keys(redis, book["id"])
+    for _ in range(ASSIGNS_PER_ADDRESS // ASSIGNS_PER_USER):
+        user = new_user()
+        for _ in range(ASSIGNS_PER_USER):
+            assigned = await api.assign(book["id"], user, token=api.server.user(user))
+            assert assigned.status_code == 200, assigned.text
+    assert await redis.hlen(f"{prefix}:assigned") == ASSIGNS_PER_ADDRESS
+
+    latecomer = new_user()
+    token = api.server.user(latecomer)
+    assert_throttled(await api.assign(book["id"], latecomer, token=token))
+    free = str(await redis.srandmember(f"{prefix}:free"))
+    assert_throttled(await api.assign_code(free, latecomer, token=token))  # by name too
+
+    # Refused before the script: nothing more was handed out.
+    assert await redis.hlen(f"{prefix}:assigned") == ASSIGNS_PER_ADDRESS
+    assert await redis.sismember(f"{prefix}:free", free)
+    assert not await redis.exists(f"{prefix}:user:{latecomer}")
+    # The limit is the address's: the same user from another address is served.
+    elsewhere = await api.client.post(
+        "/coupons/assign", json={"userId": latecomer, "couponBookId": book["id"]},
+        headers={**bearer(token), "X-Forwarded-For": new_address()})
+    assert elsewhere.status_code == 200, elsewhere.text
+    assert elsewhere.json()["code"] in codes
+
+
+async def test_a_back_end_is_not_held_to_the_address_limit(
+        address_limited: Api, redis: Redis) -> None:
+    """A checkout back-end sends every user's assigns from a few addresses."""
+    api = address_limited
+    book, _ = await api.book_with_codes(3 * ASSIGNS_PER_ADDRESS)
+    prefix = await book_keys(redis, book["id"])
+    for _ in range(3 * ASSIGNS_PER_ADDRESS):
+        assigned = await api.assign(book["id"], new_user())
+        assert assigned.status_code == 200, assigned.text
+    assert await redis.hlen(f"{prefix}:assigned") == 3 * ASSIGNS_PER_ADDRESS

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .api_client import Api, http_client
 from .names import new_code, new_user
-from .problems import assert_unavailable
+from .problems import assert_problem, assert_unavailable
 from .servers import Stack
 
 pytestmark = pytest.mark.integration
@@ -51,10 +51,18 @@ async def every_kind_of_request(api: Api, book_id: str, code: str, user: str) ->
     assert_unavailable(await api.assign(book_id, new_user()))
     assert_unavailable(await api.assign_code(new_code(), user))
     assert_unavailable(await api.lock(code, user))
+    assert_unavailable(await api.unlock(code, user, "some-lock-token"))
     assert_unavailable(await api.redeem(code, user))
     assert_unavailable(await api.get(f"/users/{user}/coupons"))
     assert_unavailable(await api.get(f"/coupons/{book_id}"))
     assert_unavailable(await api.post("/coupons", {"name": "during outage"},
+                                      token=api.server.admin))
+    assert_unavailable(await api.post("/coupons/codes",
+                                      {"couponBookId": book_id, "codes": [new_code()]},
+                                      token=api.server.admin))
+    assert_unavailable(await api.post("/coupons/codes",
+                                      {"couponBookId": book_id,
+                                       "generate": {"pattern": "OUT-########", "count": 2}},
                                       token=api.server.admin))
 
 
@@ -109,6 +117,24 @@ async def test_books_made_after_redis_restarts_empty_keep_their_own_id(
 
     assert response.status_code == 200, response.text
     assert response.json()["couponBookId"] == book["id"]
+
+
+async def test_a_book_lost_with_redis_is_404_not_the_book_that_took_its_number(
+        down_api: Api, own_stack: Stack) -> None:
+    """The API still caches the lost book's number; reading it must not show
+    the new book that Redis gave the same number."""
+    api = down_api
+    lost = await api.create_book(name="lost")  # number 1; the API caches id -> 1
+    own_stack.redis.kill()
+    own_stack.redis.start()
+    await wait_until_ready(api)
+    fresh = await api.create_book(name="fresh")  # number 1 again in the empty Redis
+
+    response = await api.get(f"/coupons/{lost['id']}")
+
+    assert_problem(response, 404, "book-not-found")
+    assert fresh["id"] not in response.text
+    assert (await api.get(f"/coupons/{fresh['id']}")).json()["name"] == "fresh"
 
 
 async def test_a_bulk_load_outlasts_a_stall_the_checkout_path_gives_up_on(

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .api_client import Api, http_client
 from .names import new_code
@@ -101,6 +102,41 @@ def test_a_body_that_stalls_is_cut_off(limited_stack: Stack) -> None:
         sock.sendall(head + b'{"userId": "slow"')
         assert_timed_out(read_until_closed(sock))
     assert "unhandled error" not in limited_stack.api.log()
+
+
+def requests_counted(stack: Stack, method: str, route: str) -> float:
+    """The API's request counter for one route, summed over statuses."""
+    scrape = httpx.get(f"{stack.api.base_url}/metrics", timeout=SOCKET_TIMEOUT_SECONDS)
+    return sum(sample.value
+               for family in text_string_to_metric_families(scrape.text)
+               for sample in family.samples
+               if sample.name == "couponsvc_http_requests_total"
+               and sample.labels["method"] == method and sample.labels["route"] == route)
+
+
+def test_a_client_that_hangs_up_mid_body_leaves_no_error_in_the_log(
+        limited_stack: Stack) -> None:
+    """A client gone before its body arrived is not the service's error: no
+    "unhandled error" or traceback for an operator to chase."""
+    token = limited_stack.api.writer
+    head = (f"POST /coupons/assign HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
+    logged_before = len(limited_stack.api.log())
+    counted_before = requests_counted(limited_stack, "POST", "/coupons/assign")
+
+    with connect(limited_stack) as sock:
+        sock.sendall(head + b'{"userId":')  # 10 of the 100 bytes, then hang up
+    hung_up = time.monotonic()
+
+    while requests_counted(limited_stack, "POST", "/coupons/assign") == counted_before:
+        assert time.monotonic() - hung_up < SOCKET_TIMEOUT_SECONDS, \
+            "the API never finished the abandoned request"
+        time.sleep(0.05)
+    # Ended by the hang-up itself, not by the body deadline (the stalled-body test's case).
+    assert time.monotonic() - hung_up < BODY_SECONDS
+    logged = limited_stack.api.log()[logged_before:]
+    for marker in ("unhandled error", "Traceback", "Exception in ASGI application"):
+        assert marker not in logged, logged
 
 
 async def test_the_server_keeps_serving_after_cutting_off_slow_clients(

@@ -129,6 +129,20 @@ async def test_create_skips_book_numbers_already_taken(books, redis):
     assert (await books.get(first.id)).name == "first"
 
 
+async def test_get_refuses_a_cached_number_that_now_holds_another_book(books, redis):
+    """A Redis that lost everything hands the next book the same number; a process
+    that still caches the old id's number must answer 404, not the new book."""
+    old = await books.create(CreateBook(name="old"))  # number 1, its number now cached
+    await redis.flushall()
+    new = await books.create(CreateBook(name="new"))
+    assert await redis.hgetall("cb:books") == {new.id: "1"}
+
+    with pytest.raises(errors.BookNotFound):
+        await books.get(old.id)
+
+    assert (await books.get(new.id)).name == "new"
+
+
 # --- upload ------------------------------------------------------------------
 
 
