@@ -9,7 +9,7 @@ from couponinfra.config import StackConfig, StackSecrets
 from couponinfra.postgres import Postgres, PostgresArgs
 from couponinfra.redis import RedisCluster, RedisClusterArgs
 from couponinfra.service import CouponService, CouponServiceArgs
-from couponinfra.workload import APP, AppEnv, labels, metadata
+from couponinfra.workload import APP, JWT_SECRET_KEY, AppEnv, labels, metadata
 from couponinfra.writer import OutboxWriter, OutboxWriterArgs
 
 
@@ -52,7 +52,7 @@ def deploy() -> None:
         "COUPONSVC_DATABASE_URL": postgres.url,
     }
     if secrets.jwt_secret is not None:
-        secret_data["COUPONSVC_JWT_SECRET"] = secrets.jwt_secret
+        secret_data[JWT_SECRET_KEY] = secrets.jwt_secret
     app_secret = k8s.core.v1.Secret(
         f"{APP}-env",
         metadata=metadata(None, ns, labels("config", instance)),
@@ -84,7 +84,7 @@ def deploy() -> None:
     ), opts=components)
     OutboxWriter(APP, OutboxWriterArgs(
         namespace=ns, image=stack.image_ref, version=stack.image_tag, instance=instance,
-        env=env, settings=stack.writer, after=[*stores, api.migrate_job],
+        env=env.without_token_key(), settings=stack.writer, after=[*stores, api.migrate_job],
     ), opts=components)
 
     pulumi.export("environment", stack.environment)

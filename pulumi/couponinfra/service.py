@@ -133,7 +133,7 @@ class CouponService(pulumi.ComponentResource):
                             name="migrate",
                             image=args.image,
                             args=["migrate"],
-                            env=args.env.env_vars(),
+                            env=args.env.without_token_key().env_vars(),
                             resources=resource_requirements(args.settings.resources),
                             security_context=container_security(),
                             volume_mounts=[TMP_MOUNT],

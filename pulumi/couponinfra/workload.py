@@ -8,7 +8,7 @@ The constants are what the image really exposes (Dockerfile, src/couponsvc/cli.p
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -21,6 +21,7 @@ WRITER_METRICS_PORT = 9101
 HEALTHZ_PATH = "/healthz"
 READYZ_PATH = "/readyz"
 METRICS_PATH = "/metrics"
+JWT_SECRET_KEY = "COUPONSVC_JWT_SECRET"
 APP_UID = 10001  # the image's non-root user (Dockerfile)
 
 
@@ -56,6 +57,12 @@ class AppEnv:
     plain: dict[str, str]
     secret_name: pulumi.Input[str]
     secret_keys: tuple[str, ...] = field(default=())
+
+    def without_token_key(self) -> AppEnv:
+        """For the writer and the migration: only `couponsvc serve` (and `token`)
+        verify or sign tokens, so the others are not handed the JWT secret."""
+        return replace(self, secret_keys=tuple(
+            key for key in self.secret_keys if key != JWT_SECRET_KEY))
 
     def env_vars(self, **extra: str) -> list[k8s.core.v1.EnvVarArgs]:
         values = {**self.plain, **extra}

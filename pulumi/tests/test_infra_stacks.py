@@ -143,7 +143,9 @@ def test_api_writer_and_migration_share_one_configuration(each_stack: Build) -> 
         ("Deployment", "couponsvc-writer", "writer"),
         ("Job", "couponsvc-migrate", "migrate"),
     )]
-    specific = {"COUPONSVC_HOST", "COUPONSVC_PORT"}
+    # The API's own: where it listens, and the key it checks tokens with (the
+    # others never see a token: test_only_the_api_is_handed_the_jwt_secret).
+    specific = {"COUPONSVC_HOST", "COUPONSVC_PORT", "COUPONSVC_JWT_SECRET"}
     shared = [{k: v for k, v in env.items() if k not in specific} for env in envs]
     assert shared[0] == shared[1] == shared[2]
     env = shared[0]
@@ -163,6 +165,20 @@ def test_secret_variables_come_from_the_app_secret(each_stack: Build) -> None:
         ref = env[key]["secretKeyRef"]
         assert ref == {"name": secret.object_name, "key": key}
         assert secret.plain["stringData"][key]
+
+
+def test_only_the_api_is_handed_the_jwt_secret(each_stack: Build) -> None:
+    """The writer and the migration never verify a token (the service starts
+    them without a secret), so they do not get one."""
+    secret = each_stack.one("Secret", "couponsvc-env")
+    api = env_of(container(each_stack.one("Deployment", "couponsvc-api"), "api"))
+    writer = env_of(container(each_stack.one("Deployment", "couponsvc-writer"), "writer"))
+    migrate = env_of(container(each_stack.one("Job", "couponsvc-migrate"), "migrate"))
+    assert "COUPONSVC_JWT_SECRET" in api
+    for env in (writer, migrate):
+        assert "COUPONSVC_JWT_SECRET" not in env
+        for key in APP_SECRET_KEYS - {"COUPONSVC_JWT_SECRET"}:
+            assert env[key]["secretKeyRef"] == {"name": secret.object_name, "key": key}
 
 
 def test_redis_cluster_mode_is_switched_on_where_redis_is_a_cluster(each_stack: Build) -> None:
