@@ -11,8 +11,9 @@ from limits import parse_many
 MIN_SECRET_BYTES = 32
 # Used only when COUPONSVC_ENV=dev and no secret is given; never valid elsewhere.
 DEV_SECRET = "dev-only-secret-do-not-use-in-production"
-# prod: a database and a strong JWT secret are required; test: a strong secret,
-# the database optional; dev: neither (a fixed, public secret stands in).
+# prod: the API needs a database, and whatever uses the JWT key (serve, token)
+# a strong secret; test: the strong secret only; dev: neither (a fixed, public
+# secret stands in).
 ENVIRONMENTS = ("prod", "test", "dev")
 
 
