@@ -128,7 +128,9 @@ class Bench:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             gauges = self.api.outbox_gauges()
-            if not gauges.get("couponsvc_outbox_lag_events", 0) and \
+            # Absent gauges (gauges_up 0: the API could not read Redis) say nothing.
+            if gauges.get("couponsvc_outbox_gauges_up") == 1 and \
+                    not gauges.get("couponsvc_outbox_lag_events", 0) and \
                     not gauges.get("couponsvc_outbox_pending_events", 0):
                 return
             time.sleep(0.1)
@@ -215,8 +217,8 @@ def lag_summary(samples: list[dict[str, float]]) -> dict:
     ages = sorted(s["oldest_unacked_s"] for s in samples
                   if not math.isnan(s.get("oldest_unacked_s", math.nan)))
     # The backlog read from Redis; against --url, the API's own gauges.
-    backlog = sorted(s.get("backlog", s.get("metrics_backlog", math.nan)) for s in samples
-                     if "backlog" in s or "metrics_backlog" in s)
+    found = (s.get("backlog", s.get("metrics_backlog", math.nan)) for s in samples)
+    backlog = sorted(b for b in found if not math.isnan(b))
 
     def pct(values: list[float], p: float) -> float | None:
         if not values:

@@ -248,8 +248,10 @@ class LagSampler:
                 gauges = {n: float(v) for n, v in _GAUGE.findall(text)}
                 sample["oldest_unacked_s"] = gauges.get("couponsvc_outbox_oldest_unacked_seconds",
                                                         float("nan"))
-                sample["metrics_backlog"] = (gauges.get("couponsvc_outbox_lag_events", 0)
-                                             + gauges.get("couponsvc_outbox_pending_events", 0))
+                sample["metrics_backlog"] = (
+                    gauges.get("couponsvc_outbox_lag_events", 0)
+                    + gauges.get("couponsvc_outbox_pending_events", 0)
+                    if gauges.get("couponsvc_outbox_gauges_up") == 1 else float("nan"))
             except httpx.HTTPError:
                 sample["oldest_unacked_s"] = float("nan")
             if self.outbox is not None:

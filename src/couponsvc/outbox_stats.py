@@ -7,7 +7,9 @@ import logging
 import time
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from couponsvc.keys import Keys
 from couponsvc.metrics import OutboxGauges, OutboxReading
@@ -20,40 +22,62 @@ log = logging.getLogger("couponsvc")
 # among them. A Redis that takes longer than readiness allows a PING (1 s) is
 # down, so the gauges are left out rather than waited for.
 GAUGES_TIMEOUT_SECONDS = 1.0
+# What an outage looks like, as opposed to a bug.
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, TimeoutError, ClusterDownError,
+                     RedisClusterException)
 
 
 async def refresh_outbox_gauges(redis: Redis, keys: Keys, gauges: OutboxGauges) -> None:
-    """Reads the gauges for this scrape; without Redis, leaves them out
-    (`couponsvc_outbox_gauges_up 0`) instead of failing the scrape."""
+    """Reads the gauges for this scrape; without them (Redis down, or a bug),
+    leaves them out (`couponsvc_outbox_gauges_up 0`) instead of failing the
+    scrape and the HTTP counters with it."""
+    gauges.reading = None
     try:
         async with asyncio.timeout(GAUGES_TIMEOUT_SECONDS):
             gauges.reading = await read_outbox(redis, keys)
-    except (RedisError, RedisClusterException, TimeoutError) as exc:
-        log.warning("outbox gauges left out of /metrics: %s", type(exc).__name__)
-        gauges.reading = None
+    except REDIS_UNAVAILABLE as exc:
+        log.warning("outbox gauges left out of /metrics: Redis unavailable: %r", exc)
+    except RedisError:
+        log.exception("outbox gauges left out of /metrics: unexpected Redis error")
 
 
 async def read_outbox(redis: Redis, keys: Keys) -> OutboxReading:
     """Lag (not yet delivered), pending (not yet acknowledged) and the age of
-    the oldest entry not acknowledged, summed over every book's stream."""
+    the oldest entry not acknowledged, summed over every book's stream. Two
+    pipelined round trips whatever the number of books: each stream's group
+    state, then what that state says to read next."""
+    streams = [keys.book(int(number)).events for number in await redis.hvals(keys.books)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xinfo_groups(stream)
+        groups = [next((g for g in found if g["name"] == GROUP), None)
+                  for found in await pipe.execute()]
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream, group in zip(streams, groups, strict=True):
+            if group is None:  # no writer has read it yet: all of it is lag
+                pipe.xlen(stream)
+                pipe.xrange(stream, count=1)
+            elif group["pending"]:
+                pipe.xpending(stream, GROUP)
+            else:
+                pipe.xrange(stream, min=f"({group['last-delivered-id']}", count=1)
+        replies = iter(await pipe.execute())
     lag = pending = 0
     oldest_ms: int | None = None
-    for number in await redis.hvals(keys.books):
-        stream = keys.book(int(number)).events
-        group = next((g for g in await redis.xinfo_groups(stream) if g["name"] == GROUP), None)
-        first_unacked: str | None = None
+    for group in groups:
+        first_unacked: str | None
         if group is None:
-            lag += int(await redis.xlen(stream))
-            head = await redis.xrange(stream, count=1)
+            lag += int(next(replies))
+            head = next(replies)
             first_unacked = str(head[0][0]) if head else None
-        else:
+        elif group["pending"]:
             lag += int(group.get("lag") or 0)
             pending += int(group["pending"])
-            if group["pending"]:
-                first_unacked = str((await redis.xpending(stream, GROUP))["min"])
-            else:
-                after = await redis.xrange(stream, min=f"({group['last-delivered-id']}", count=1)
-                first_unacked = str(after[0][0]) if after else None
+            first_unacked = str(next(replies)["min"])
+        else:
+            lag += int(group.get("lag") or 0)
+            after = next(replies)
+            first_unacked = str(after[0][0]) if after else None
         if first_unacked is not None:
             ms = int(first_unacked.split("-")[0])
             oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)

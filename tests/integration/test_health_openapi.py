@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
+
+from .api_client import Api
+from .names import new_user
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +85,18 @@ async def test_openapi_documents_problem_responses(client: httpx.AsyncClient) ->
     assert "Retry-After" in lock["423"]["headers"]
     assert "Retry-After" in lock["503"]["headers"]
     assert {"401", "403", "404", "409"} <= set(lock)
+
+
+async def test_metrics_read_the_outbox_gauges_on_either_kind_of_redis(api: Api) -> None:
+    """Two pipelined round trips over every book's stream, on a single Redis
+    and through the cluster client alike."""
+    book, _ = await api.book_with_codes(2)
+    assert (await api.assign(book["id"], new_user())).status_code == 200
+
+    response = await api.client.get("/metrics")
+
+    assert response.status_code == 200
+    values = dict(re.findall(r"^(couponsvc_outbox_\w+) ([0-9.eE+-]+)$", response.text, re.M))
+    assert values["couponsvc_outbox_gauges_up"] == "1.0"
+    assert {"couponsvc_outbox_lag_events", "couponsvc_outbox_pending_events",
+            "couponsvc_outbox_oldest_unacked_seconds"} <= set(values)
