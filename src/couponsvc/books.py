@@ -384,5 +384,8 @@ def _check_settings(req: CreateBook) -> None:
     if req.maxRedeemsPerCode is not None and not req.multipleRedeemsAllowed:
         raise errors.InvalidRequest(
             "maxRedeemsPerCode needs multipleRedeemsAllowed: true", field="maxRedeemsPerCode")
-    if req.validFrom and req.validUntil and req.validFrom >= req.validUntil:
+    # Compared as Redis keeps them, in whole milliseconds: two times within one
+    # millisecond would make an empty window.
+    if req.validFrom and req.validUntil and \
+            datetime_to_ms(req.validFrom) >= datetime_to_ms(req.validUntil):
         raise errors.InvalidRequest("validFrom must be before validUntil", field="validUntil")

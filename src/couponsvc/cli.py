@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.run is _upload:  # a client of a running service: no server settings needed
         raise SystemExit(_upload(Settings(env="dev"), args))
     try:
-        settings = Settings.from_env(verifies_tokens=args.run in (_serve, _token),
+        settings = Settings.from_env(uses_jwt_key=args.run in (_serve, _token),
                                      serves_api=args.run is _serve)
     except SettingsError as exc:
         print(f"couponsvc: {exc}", file=sys.stderr)

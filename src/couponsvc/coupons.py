@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from couponsvc import errors
 from couponsvc.auth import Principal
-from couponsvc.schemas import CODE_PATTERN, Coupon, LockResult, Redemption
+from couponsvc.codes import is_valid_code
+from couponsvc.schemas import Coupon, LockResult, Redemption
 from couponsvc.store import VIEW_LEN, Slot, Store, parse_view, raise_for
 from couponsvc.types import ScriptReply
 
 _BOOK_NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII digits only: int() takes others
-_CODE = re.compile(CODE_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +210,7 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     except (binascii.Error, ValueError):  # ValueError: non-ASCII input, not UTF-8
         raise _not_issued() from None
     number, colon, last_code = raw.partition(":")
-    if not (colon and _BOOK_NUMBER.fullmatch(number) and _CODE.fullmatch(last_code)):
+    if not (colon and _BOOK_NUMBER.fullmatch(number) and is_valid_code(last_code)):
         raise _not_issued()
     # Re-encoding is the one spelling the service issues: it rules out the rest.
     if encode_cursor(int(number), last_code) != cursor:

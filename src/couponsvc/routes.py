@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from couponsvc import errors, schemas
 from couponsvc.auth import Principal
-from couponsvc.codes import code_lines
+from couponsvc.codes import code_lines, is_valid_code
 from couponsvc.coupons import Idempotency, Outcome
 from couponsvc.http import (
     fingerprint,
@@ -35,7 +35,6 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 PageSize = Annotated[int, Meta(ge=1, le=MAX_PAGE)]
 REPLAYED_HEADER = "Idempotent-Replayed"
-_CODE = re.compile(schemas.CODE_PATTERN)
 _USER = re.compile(schemas.USER_PATTERN)
 _UUID = re.compile(schemas.UUID_PATTERN)
 
@@ -53,7 +52,7 @@ def _principal(request: Request) -> Principal:
 
 def _path_code(request: Request) -> str:
     code: str = request.path_params["code"]
-    if not _CODE.fullmatch(code):
+    if not is_valid_code(code):
         raise errors.InvalidRequest("code must be 1-64 of A-Z a-z 0-9 _ -", field="code")
     return code
 
@@ -213,8 +212,8 @@ async def list_user_coupons(request: Request) -> Response:
         principal, user_id, book_id, limit, request.query_params.get("cursor"))
     headers = None
     if page.next_cursor is not None:
-        # Relative (RFC 8288 resolves it against the request's URL): the Host
-        # header is the client's to set, and a proxy may rewrite the rest.
+        # A path, not a whole URL (RFC 8288 resolves it against the request's):
+        # the Host header is the client's to set, not ours to echo back.
         next_url = request.url.include_query_params(cursor=page.next_cursor, limit=limit)
         headers = {"Link": f'<{next_url.path}?{next_url.query}>; rel="next"'}
     return json_response(page.coupons, headers=headers)

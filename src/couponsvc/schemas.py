@@ -147,9 +147,9 @@ class UploadResult(Out):
     refused: Refused
     # Generated uploads list the new codes so the caller can distribute them.
     codes: list[str] | None = None
-    # Generated codes asked for but not made: the pattern's unused codes ran
-    # short (a longer pattern helps). Absent when every one was made.
-    shortfall: int = 0
+    shortfall: Annotated[int, Meta(
+        description="Generated codes asked for but not made: the pattern's unused codes "
+                    "ran short (a longer pattern helps). Absent when every one was made.")] = 0
 
 
 class Coupon(Out):

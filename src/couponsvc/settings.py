@@ -68,10 +68,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *,
-                 verifies_tokens: bool = True, serves_api: bool = True) -> Settings:
+                 uses_jwt_key: bool = True, serves_api: bool = True) -> Settings:
         """The settings in `environ` (default: the process's), checked. A
         command that never sees a token (the writer, migrate, the operator
-        tools) passes `verifies_tokens=False` and needs no JWT secret; one
+        tools) passes `uses_jwt_key=False` and needs no JWT secret; one
         that does not serve the API (`token`, ...) passes `serves_api=False`
         and may run without a database even in prod (those that use one say
         so when it is missing)."""
@@ -125,10 +125,10 @@ class Settings:
             max_upload_codes=_int(get("MAX_UPLOAD_CODES", str(defaults.max_upload_codes)),
                                   "COUPONSVC_MAX_UPLOAD_CODES"),
         )
-        settings.validate(verifies_tokens, serves_api)
+        settings.validate(uses_jwt_key=uses_jwt_key, serves_api=serves_api)
         return settings
 
-    def validate(self, verifies_tokens: bool = True, serves_api: bool = True) -> None:
+    def validate(self, *, uses_jwt_key: bool = True, serves_api: bool = True) -> None:
         """Refuse settings that cannot work, an API in prod without its durable
         record, and (where tokens are verified) a key that anyone could guess,
         outside dev mode."""
@@ -149,7 +149,7 @@ class Settings:
             except ValueError:
                 raise SettingsError(f"COUPONSVC_RATE_LIMIT_{name} is not a rate limit like "
                                     f"'30/minute' or '10/minute;50/hour': {value!r}") from None
-        if verifies_tokens:
+        if uses_jwt_key:
             self._validate_token_key()
 
     def _validate_token_key(self) -> None:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from couponsvc import errors
 from couponsvc.auth import Principal
-from couponsvc.instants import ms_to_datetime
+from couponsvc.instants import datetime_to_ms, ms_to_datetime
 from couponsvc.keys import BookKeys, Keys
 from couponsvc.schemas import Coupon, Status
 from couponsvc.scripts import Scripts
@@ -173,7 +173,7 @@ def raise_for(reply: ScriptReply, code: str, principal: Principal, action: str) 
             raise errors.BookExhausted("every code of this book is already assigned")
         case "locked":
             until = ms_to_datetime(reply[1])
-            retry = max(1, -(-(int(reply[1]) - int(datetime.now(UTC).timestamp() * 1000)) // 1000))
+            retry = max(1, -(-(int(reply[1]) - datetime_to_ms(datetime.now(UTC))) // 1000))
             stamp = until.isoformat(timespec="milliseconds").replace("+00:00", "Z")
             raise errors.CodeLocked(f"{code} is locked until {stamp}",
                                     locked_until=stamp, retry_after=retry)

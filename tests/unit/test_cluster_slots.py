@@ -46,7 +46,7 @@ async def exercise(books: Books, coupons: Coupons, writer: Any) -> None:
     await books.get(book.id)
     await coupons.assign_random(writer, book.id, "bob", Idempotency("checkout", "k1", "fp1"))
     await coupons.assign_code(writer, "UP-1", "bob", book.id, Idempotency("checkout", "k2", "fp2"))
-    lock, _ = await coupons.lock(writer, "UP-1", "bob", None)
+    lock, _ = await coupons.lock(writer, "UP-1", "bob", None, Idempotency("checkout", "k4", "fp4"))
     await coupons.unlock(writer, "UP-1", "bob", lock.lockToken)
     await coupons.redeem(writer, "UP-1", "bob", None, Idempotency("checkout", "k3", "fp3"))
     await coupons.list_for_user(writer, "bob", None, 10, None)
@@ -79,7 +79,8 @@ async def test_keys_of_each_call_share_one_slot(recorded):
 async def test_optional_idempotency_key_shares_the_book_slot(recorded):
     with_idem = [(name, keys) for name, keys in recorded if ":idem:" in keys[-1]]
 
-    assert sorted(name for name, _ in with_idem) == ["assign_code", "assign_random", "redeem"]
+    assert sorted(name for name, _ in with_idem) == [
+        "assign_code", "assign_random", "lock", "redeem"]
     for _, keys in with_idem:
         assert keys[-1].startswith("shop7:{book:1}:idem:")
         assert key_slot(keys[-1].encode()) == key_slot(keys[0].encode())

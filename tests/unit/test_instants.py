@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -32,7 +32,7 @@ def test_float_arithmetic_would_lose_a_millisecond_here() -> None:
 
 def test_microseconds_round_down_and_offsets_count() -> None:
     assert datetime_to_ms(EPOCH + timedelta(microseconds=1_999)) == 1
-    plus_two = datetime(1970, 1, 1, 2, tzinfo=UTC).astimezone(
-        datetime.now(UTC).astimezone().tzinfo)
-    assert datetime_to_ms(plus_two) == 2 * 3600 * 1000
+    # 02:00 at UTC+02:00 is the epoch itself; 02:00 UTC is two hours after it.
+    assert datetime_to_ms(datetime(1970, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))) == 0
+    assert datetime_to_ms(datetime(1970, 1, 1, 2, tzinfo=UTC)) == 2 * 3600 * 1000
     assert ms_to_datetime(0) == EPOCH

@@ -197,8 +197,7 @@ def test_listing_names_its_next_page_link(document):
 
     assert not link.get("required")  # the last page has none
     assert re.fullmatch(link["schema"]["pattern"],
-                        '<http://127.0.0.1:8000/users/bob/coupons?cursor=MTpB&limit=1>; '
-                        'rel="next"')
+                        '</users/bob/coupons?cursor=MTpB&limit=1>; rel="next"')
 
 
 def test_idempotent_answers_may_say_they_are_replays(document):

@@ -402,10 +402,10 @@ def test_redis_cluster_refuses_other_values(value):
 def test_commands_that_verify_no_tokens_need_no_secret():
     env = {k: v for k, v in PROD.items() if k != "COUPONSVC_JWT_SECRET"}
 
-    settings = Settings.from_env(env, verifies_tokens=False)
+    settings = Settings.from_env(env, uses_jwt_key=False)
 
     assert (settings.env, settings.jwt_secret) == ("prod", "")
     with pytest.raises(SettingsError, match="DATABASE_URL"):  # the rest is still checked
-        Settings.from_env({"COUPONSVC_ENV": "prod"}, verifies_tokens=False)
+        Settings.from_env({"COUPONSVC_ENV": "prod"}, uses_jwt_key=False)
     with pytest.raises(SettingsError, match="JWT_SECRET"):
         Settings.from_env(env)
