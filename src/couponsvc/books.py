@@ -14,6 +14,8 @@ import asyncpg
 
 from couponsvc import codes as coderules
 from couponsvc import errors
+from couponsvc.book_claims import book_made, claim_book_id
+from couponsvc.coupons import Idempotency
 from couponsvc.instants import datetime_to_ms, ms_to_datetime
 from couponsvc.keys import directory_buckets, directory_tag
 from couponsvc.records import BookRow, Records
@@ -80,12 +82,32 @@ class Books:
         self.records = records
 
     async def create(self, req: CreateBook) -> Book:
+        book, _ = await self.create_once(req, None)
+        return book
+
+    async def create_once(self, req: CreateBook,
+                          idem: Idempotency | None) -> tuple[Book, bool]:
+        """The new book; with an Idempotency-Key, at most one per key
+        (book_claims.py), and True when it is the one an earlier request made."""
         _check_settings(req)
         pattern = req.codePattern or coderules.DEFAULT_PATTERN
         if req.initialCouponAmount:
             self._check_count(req.initialCouponAmount, "initialCouponAmount")
             coderules.check_pattern(pattern, req.initialCouponAmount, "codePattern")
-        book = await self._new_book(req)
+        store = self.store
+        book_id = str(uuid.uuid4())
+        if idem is not None:
+            book_id, made_earlier = await claim_book_id(store.redis, store.keys, idem)
+            if made_earlier:
+                return await self.get(book_id), True
+        made = await self._create(req, book_id, pattern)
+        if idem is not None:
+            await book_made(store.redis, store.keys, idem, book_id,
+                            store.settings.idempotency_ttl_seconds)
+        return made, False
+
+    async def _create(self, req: CreateBook, book_id: str, pattern: str) -> Book:
+        book = await self._new_book(req, book_id)
         store = self.store
         number = book.number
         fields: dict[str, str | int] = {
@@ -113,7 +135,7 @@ class Books:
             await self._generate(book, pattern, req.initialCouponAmount)
         return await self.get(book.id)
 
-    async def _new_book(self, req: CreateBook) -> Located:
+    async def _new_book(self, req: CreateBook, book_id: str) -> Located:
         """A fresh id and an unused book number, recorded in Postgres first.
         Numbers come from INCR, so two creators never share one; a sequence
         that fell behind (a Redis restored without it) is skipped past."""
@@ -122,7 +144,7 @@ class Books:
             number = int(await store.redis.incr(store.keys.book_seq))
             if await store.redis.exists(store.keys.book(number).meta):
                 continue
-            book = Located(number=number, keys=store.keys.book(number), id=str(uuid.uuid4()))
+            book = Located(number=number, keys=store.keys.book(number), id=book_id)
             if self.records is not None:
                 try:
                     await self.records.insert_book(_book_row(book, req))

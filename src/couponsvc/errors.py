@@ -149,6 +149,17 @@ class IdempotencyKeyReused(Conflict):
     slug, title = "idempotency-key-reused", "The idempotency key was used for another request"
 
 
+class IdempotencyKeyInProgress(Conflict):
+    slug, title = "idempotency-key-in-progress", "A request with this key has not finished"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, retryAfterSeconds=retry_after)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class CodeLocked(ServiceError):
     status, slug, title = 423, "code-locked", "The code is locked"
 

@@ -15,6 +15,7 @@ Layout (documented for operators in docs/redis-keys.md):
     {prefix}:{book:N}:events             stream outbox of state changes
     {prefix}:{dir:TT}:BUCKET             hash   code -> book number (immutable directory)
     {prefix}:{idem:DIGEST}               string the fingerprint an idempotency key is bound to
+                                                (for a create, then the book id and `made`)
     {prefix}:{user:USER}:books           set    book numbers the user has codes in
     {prefix}:ratelimit:{LIMITER/...}     string abuse-limit counters, named by `limits`
                                                  (the part after the prefix; see ratelimit.py)

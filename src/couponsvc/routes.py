@@ -70,10 +70,13 @@ def _replayed(replayed: bool) -> dict[str, str] | None:
 
 
 async def create_book(request: Request) -> Response:
-    _principal(request).require_admin()
+    principal = _principal(request)
+    principal.require_admin()
     req = await json_body(request, schemas.CreateBook)
-    book = await _services(request).books.create(req)
-    return json_response(book, 201, {"Location": f"/coupons/{book.id}"})
+    book, replayed = await _services(request).books.create_once(
+        req, _idempotency(request, principal, req))
+    return json_response(book, 201, {"Location": f"/coupons/{book.id}",
+                                     **(_replayed(replayed) or {})})
 
 
 async def get_book(request: Request) -> Response:
@@ -286,7 +289,7 @@ _LIMITED_ERRORS = (*_WRITE_ERRORS, 429)
 OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/coupons", create_book, "createCouponBook", "Create a coupon book",
               "coupons", schemas.CreateBook, {201: ("Coupon book created", schemas.Book)},
-              _CREATE_ERRORS, headers={201: ("Location",)}),
+              _CREATE_ERRORS, idempotent=True, headers={201: ("Location",)}),
     Operation("GET", "/coupons/{couponBookId}", get_book, "getCouponBook",
               "A coupon book with live counts", "coupons", None,
               {200: ("The coupon book", schemas.Book)}, (401, 403, 404, 503)),

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
+
+from couponsvc import http
+from couponsvc.keys import Keys
+from couponsvc.schemas import CreateBook
 
 from .api_client import Api
 from .names import ALPHABET, new_user
@@ -241,3 +247,86 @@ async def test_reading_a_book_needs_admin(api: Api, who: str) -> None:
     response = await api.get(f"/coupons/{book['id']}", token=token)
 
     assert_problem(response, 403, "forbidden")
+
+
+# --- Idempotency-Key on POST /coupons -----------------------------------------
+
+# Keys are the caller's: every request of one test comes from one admin.
+MAKER = "book-maker"
+
+
+async def test_a_create_retried_with_its_key_gets_the_same_book(api: Api, redis: Redis) -> None:
+    """A create whose answer was lost can be sent again without making a
+    second book: there is no list of books to find the first one in."""
+    maker = api.server.token(MAKER, "coupons:admin coupons:write")
+    headers = {"Idempotency-Key": f"book-{uuid.uuid4()}"}
+    body = {"name": "Retried", "initialCouponAmount": 3}
+    books_before = await redis.hlen("cb:books")
+
+    first = await api.post("/coupons", body, token=maker, headers=headers)
+    retry = await api.post("/coupons", body, token=maker, headers=headers)
+
+    assert first.status_code == retry.status_code == 201, (first.text, retry.text)
+    assert "idempotent-replayed" not in first.headers
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.headers["location"] == first.headers["location"]
+    assert retry.json()["id"] == first.json()["id"]
+    assert retry.json()["counts"]["total"] == 3
+    assert await redis.hlen("cb:books") == books_before + 1
+    assert [e["type"] for e in await events(redis, first.json()["id"])].count(
+        "book_created") == 1
+
+
+async def test_a_create_key_reused_with_another_body_is_409(api: Api, redis: Redis) -> None:
+    maker = api.server.token(MAKER, "coupons:admin coupons:write")
+    headers = {"Idempotency-Key": f"book-{uuid.uuid4()}"}
+    made = await api.post("/coupons", {"name": "One"}, token=maker, headers=headers)
+    assert made.status_code == 201, made.text
+    books_before = await redis.hlen("cb:books")
+
+    other = await api.post("/coupons", {"name": "Two"}, token=maker, headers=headers)
+
+    assert_problem(other, 409, "idempotency-key-reused")
+    assert await redis.hlen("cb:books") == books_before
+
+
+async def test_concurrent_creates_with_one_key_make_one_book(api: Api, redis: Redis) -> None:
+    """Ten at once: one makes the book; each other one gets that book or, while
+    it is being made, 409 in-progress with Retry-After. Never a second book."""
+    maker = api.server.token(MAKER, "coupons:admin coupons:write")
+    headers = {"Idempotency-Key": f"book-{uuid.uuid4()}"}
+    body = {"name": "Raced", "initialCouponAmount": 200}
+    books_before = await redis.hlen("cb:books")
+
+    answers = await asyncio.gather(*(
+        api.post("/coupons", body, token=maker, headers=headers)
+        for _ in range(10)))
+
+    made = [a for a in answers if a.status_code == 201]
+    assert made, [a.text for a in answers]
+    assert len({a.json()["id"] for a in made}) == 1
+    assert sum("idempotent-replayed" not in a.headers for a in made) <= 1
+    for waiting in (a for a in answers if a.status_code != 201):
+        assert_problem(waiting, 409, "idempotency-key-in-progress")
+        assert waiting.headers["retry-after"] == "1"
+    assert await redis.hlen("cb:books") == books_before + 1
+
+
+async def test_a_create_still_in_progress_is_409_with_retry_after(
+        api: Api, redis: Redis) -> None:
+    """What a retry sees while the first request is still making its book."""
+    maker = api.server.token(MAKER, "coupons:admin coupons:write")
+    key = f"book-{uuid.uuid4()}"
+    body = {"name": "Slow"}
+    fingerprint = http.fingerprint("POST", "/coupons", msgspec.convert(body, CreateBook))
+    await redis.set(Keys("cb").idempotency_claim(MAKER, key),
+                    f"{fingerprint} {uuid.uuid4()}", px=60_000)
+    books_before = await redis.hlen("cb:books")
+
+    response = await api.post("/coupons", body, token=maker,
+                              headers={"Idempotency-Key": key})
+
+    problem = assert_problem(response, 409, "idempotency-key-in-progress")
+    assert response.headers["retry-after"] == "1"
+    assert problem["retryAfterSeconds"] == 1
+    assert await redis.hlen("cb:books") == books_before

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.unit
 
 SIMPLE = [cls for _, cls in inspect.getmembers(errors, inspect.isclass)
           if issubclass(cls, errors.ServiceError)
-          and cls not in (errors.ServiceError, errors.CodeLocked, errors.TooManyRequests)]
+          and cls not in (errors.ServiceError, errors.CodeLocked, errors.TooManyRequests,
+                          errors.IdempotencyKeyInProgress)]
 
 
 def body(response) -> dict:
@@ -34,7 +35,8 @@ def test_each_error_is_a_problem_document(cls):
 
 
 def test_slugs_are_unique():
-    slugs = [cls.slug for cls in SIMPLE] + [errors.CodeLocked.slug, errors.TooManyRequests.slug]
+    slugs = [cls.slug for cls in SIMPLE] + [errors.CodeLocked.slug, errors.TooManyRequests.slug,
+                                            errors.IdempotencyKeyInProgress.slug]
     assert len(slugs) == len(set(slugs))
 
 
@@ -46,6 +48,18 @@ def test_too_many_requests_says_when_to_retry():
     assert body(response) == {"type": "/problems/too-many-requests",
                               "title": errors.TooManyRequests.title, "status": 429,
                               "detail": "slow down", "retryAfterSeconds": 7}
+
+
+def test_a_key_in_progress_says_when_to_retry():
+    error = errors.IdempotencyKeyInProgress("still making its book", retry_after=1)
+    response = errors.problem_response(error)
+
+    assert response.status_code == 409
+    assert response.headers["retry-after"] == "1"
+    assert body(response) == {
+        "type": "/problems/idempotency-key-in-progress",
+        "title": errors.IdempotencyKeyInProgress.title, "status": 409,
+        "detail": "still making its book", "retryAfterSeconds": 1}
 
 
 def test_invalid_request_names_the_field():
