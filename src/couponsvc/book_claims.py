@@ -15,7 +15,6 @@ then a mark once the book is made:
 from __future__ import annotations
 
 import logging
-import uuid
 
 from redis.asyncio import Redis
 
@@ -31,10 +30,10 @@ IN_PROGRESS_SECONDS = 60
 MADE = "made"
 
 
-async def claim_book_id(redis: Redis, keys: Keys, idem: Idempotency) -> tuple[str, bool]:
-    """(book id, made earlier): a fresh id this request now holds the key for,
-    or the id of the book an earlier request with the key made."""
-    book_id = str(uuid.uuid4())
+async def claim_book_id(redis: Redis, keys: Keys, idem: Idempotency,
+                        book_id: str) -> tuple[str, bool]:
+    """(book id, made earlier): `book_id`, which this request now holds the
+    key for, or the id of the book an earlier request with the key made."""
     held = await redis.set(keys.idempotency_claim(idem.caller, idem.key),
                            f"{idem.fingerprint} {book_id}", nx=True,
                            px=IN_PROGRESS_SECONDS * 1000, get=True)
@@ -42,8 +41,7 @@ async def claim_book_id(redis: Redis, keys: Keys, idem: Idempotency) -> tuple[st
         return book_id, False
     fingerprint, _, rest = str(held).partition(" ")
     if fingerprint != idem.fingerprint:
-        raise errors.IdempotencyKeyReused(
-            "this Idempotency-Key was already used with a different request")
+        raise errors.IdempotencyKeyReused()
     earlier_id, _, state = rest.partition(" ")
     if state != MADE:
         raise errors.IdempotencyKeyInProgress(

@@ -97,7 +97,7 @@ class Books:
         store = self.store
         book_id = str(uuid.uuid4())
         if idem is not None:
-            book_id, made_earlier = await claim_book_id(store.redis, store.keys, idem)
+            book_id, made_earlier = await claim_book_id(store.redis, store.keys, idem, book_id)
             if made_earlier:
                 return await self.get(book_id), True
         made = await self._create(req, book_id, pattern)

@@ -58,8 +58,7 @@ class Coupons:
             "SET", self.store.keys.idempotency_claim(idem.caller, idem.key), idem.fingerprint,
             "NX", "PX", ttl_ms, "GET", get=True, durable=True)
         if bound is not None and bound != idem.fingerprint:
-            raise errors.IdempotencyKeyReused(
-                "this Idempotency-Key was already used with a different request")
+            raise errors.IdempotencyKeyReused()
 
     def _idem_args(self, book: Slot, idem: Idempotency | None) -> tuple[list[str], list[str]]:
         """Extra KEYS (the idempotency record, when asked for) and ARGV."""

@@ -148,6 +148,11 @@ class BookMismatch(Conflict):
 class IdempotencyKeyReused(Conflict):
     slug, title = "idempotency-key-reused", "The idempotency key was used for another request"
 
+    def __init__(
+            self, detail: str = "this Idempotency-Key was already used with a different request",
+    ) -> None:
+        super().__init__(detail)
+
 
 class IdempotencyKeyInProgress(Conflict):
     slug, title = "idempotency-key-in-progress", "A request with this key has not finished"

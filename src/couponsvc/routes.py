@@ -289,7 +289,8 @@ _LIMITED_ERRORS = (*_WRITE_ERRORS, 429)
 OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/coupons", create_book, "createCouponBook", "Create a coupon book",
               "coupons", schemas.CreateBook, {201: ("Coupon book created", schemas.Book)},
-              _CREATE_ERRORS, idempotent=True, headers={201: ("Location",)}),
+              _CREATE_ERRORS, idempotent=True,
+              headers={201: ("Location",), 409: ("Retry-After",)}),
     Operation("GET", "/coupons/{couponBookId}", get_book, "getCouponBook",
               "A coupon book with live counts", "coupons", None,
               {200: ("The coupon book", schemas.Book)}, (401, 403, 404, 503)),

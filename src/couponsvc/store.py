@@ -182,6 +182,5 @@ def raise_for(reply: ScriptReply, code: str, principal: Principal, action: str) 
         case "not_locked":
             raise errors.NotLocked(f"{code} is not locked")
         case "idempotency_mismatch":
-            raise errors.IdempotencyKeyReused(
-                "this Idempotency-Key was already used with a different request")
+            raise errors.IdempotencyKeyReused()
     raise RuntimeError(f"unexpected script status {status!r}")
