@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import cast
 
 import asyncpg
 
 from couponsvc import codes as coderules
-from couponsvc import errors
+from couponsvc import errors, loads
 from couponsvc.book_claims import book_made, claim_book_id
 from couponsvc.coupons import Idempotency
 from couponsvc.instants import datetime_to_ms, ms_to_datetime
-from couponsvc.keys import directory_buckets, directory_tag
 from couponsvc.records import BookRow, Records
-from couponsvc.schemas import Book, BookCounts, CreateBook, Refused, UploadResult
+from couponsvc.schemas import Book, BookCounts, CreateBook, UploadResult
 from couponsvc.store import Located, Store
 
-# Codes per add_codes call.
-ADD_CHUNK = 5000
-# A bulk load goes in stages of a chunk each (Postgres takes one while Redis
-# takes the last): about LOAD_STAGES chunks, so the stages overlap even for a
-# small load, of MIN_LOAD_CHUNK to LOAD_CHUNK codes.
-LOAD_STAGES = 16
-MIN_LOAD_CHUNK = 10_000
-LOAD_CHUNK = 100_000
-# Chunks Postgres takes at once, on as many connections: a COPY keeps one core
-# busy, and the API and Redis leave room for a second.
-POSTGRES_STAGES = 2
-# A bulk load's codes by directory bucket (see keys.py).
-Buckets = dict[int, list[str]]
 # Rounds of redrawing colliding generated codes before settling for fewer.
 GENERATE_ROUNDS = 20
 # Book numbers tried before giving up (a lost book-seq is skipped past one by one).
@@ -42,35 +25,6 @@ NUMBER_ATTEMPTS = 1000
 # The span a book's validFrom / validUntil may take (see _check_settings).
 EARLIEST_MOMENT = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_MOMENT = datetime(9999, 1, 1, tzinfo=UTC)
-
-
-@dataclass
-class _Outcome:
-    added: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
-    in_other_book: list[str] = field(default_factory=list)
-    invalid: list[str] = field(default_factory=list)
-
-    def in_request_order(self, candidates: list[str]) -> None:
-        """Puts the refused codes back in the order they were sent (a load
-        works through them by directory bucket)."""
-        if not (self.duplicates or self.in_other_book):
-            return
-        position = {code: n for n, code in enumerate(candidates)}
-        self.duplicates.sort(key=position.__getitem__)
-        self.in_other_book.sort(key=position.__getitem__)
-
-    def result(self, book_id: str, with_codes: bool = False, shortfall: int = 0) -> UploadResult:
-        refused = Refused(duplicates=self.duplicates, inOtherBook=self.in_other_book,
-                          invalid=self.invalid)
-        return UploadResult(
-            couponBookId=book_id,
-            added=len(self.added),
-            refusedCount=len(self.duplicates) + len(self.in_other_book) + len(self.invalid),
-            refused=refused,
-            codes=self.added if with_codes else None,
-            shortfall=shortfall,
-        )
 
 
 class Books:
@@ -183,24 +137,26 @@ class Books:
     async def upload(self, book_id: str, raw_codes: Sequence[object]) -> UploadResult:
         self._check_count(len(raw_codes), "codes")
         book = await self.store.book(book_id)
-        outcome = _Outcome()
+        outcome = loads.LoadOutcome()
+        store = self.store
         if coderules.all_valid_and_distinct(raw_codes):
             candidates = cast(list[str], list(raw_codes))
         else:
-            candidates = _sort_out(raw_codes, outcome)
+            candidates = loads.sort_out(raw_codes, outcome)
         records = self.records
 
-        async def durable(chunk: Buckets) -> Buckets:
+        async def durable(chunk: loads.Buckets) -> loads.Buckets:
             if records is None:
                 return chunk
-            claims = await records.claim_codes(book.id, _codes(chunk))
+            claims = await records.claim_codes(book.id, loads.chunk_codes(chunk))
             outcome.in_other_book.extend(claims.elsewhere)
-            return _without(chunk, set(claims.elsewhere))
+            return loads.without(chunk, set(claims.elsewhere))
 
-        async def usable(mine: Buckets) -> None:
-            await self._add(book, await self._claim(book, mine, outcome.in_other_book), outcome)
+        async def usable(mine: loads.Buckets) -> None:
+            claimed = await loads.claim(store, book, mine, outcome.in_other_book)
+            await loads.add(store, book, claimed, outcome)
 
-        await _pipelined(_bucket_chunks(candidates), durable, usable)
+        await loads.pipelined(loads.bucket_chunks(candidates), durable, usable)
         outcome.in_request_order(candidates)
         return outcome.result(book.id)
 
@@ -218,18 +174,19 @@ class Books:
         return result
 
     async def _generate(self, book: Located, pattern: str, count: int) -> UploadResult:
-        outcome = _Outcome()
-        records = self.records
+        outcome = loads.LoadOutcome()
+        store, records = self.store, self.records
 
-        async def durable_new(chunk: Buckets) -> Buckets:
+        async def durable_new(chunk: loads.Buckets) -> loads.Buckets:
             if records is None:
                 return chunk
-            codes = _codes(chunk)
+            codes = loads.chunk_codes(chunk)
             new = (await records.claim_codes(book.id, codes, want_new=True)).new
-            return chunk if len(new) == len(codes) else _without(chunk, set(codes) - new)
+            return chunk if len(new) == len(codes) else loads.without(chunk, set(codes) - new)
 
-        async def usable_new(new: Buckets) -> None:
-            await self._add(book, await self._claim(book, new, [], only_new=True), outcome)
+        async def usable_new(new: loads.Buckets) -> None:
+            await loads.add(store, book, await loads.claim(store, book, new, [], only_new=True),
+                            outcome)
 
         for _ in range(GENERATE_ROUNDS):
             need = count - len(outcome.added)
@@ -238,8 +195,8 @@ class Books:
             # Codes that collide (taken anywhere) are silently redrawn. Each
             # round is durable before the next: the codes it found are kept
             # even if later rounds find no more.
-            await _pipelined(_bucket_chunks(coderules.generate(pattern, need)),
-                             durable_new, usable_new)
+            await loads.pipelined(loads.bucket_chunks(coderules.generate(pattern, need)),
+                                  durable_new, usable_new)
         return outcome.result(book.id, with_codes=True, shortfall=count - len(outcome.added))
 
     def _check_count(self, count: int, field_name: str) -> None:
@@ -247,138 +204,6 @@ class Books:
         if count > limit:
             raise errors.InvalidRequest(f"{field_name}: at most {limit} codes per request",
                                         field=field_name)
-
-    async def _claim(self, book: Located, codes: Buckets, in_other_book: list[str],
-                     only_new: bool = False) -> list[str]:
-        """Claims codes for the book in the directory; returns those now the book's."""
-        # One script call per directory hash tag, naming that tag's buckets,
-        # each followed by its count of codes and the codes.
-        by_tag: dict[int, list[int]] = defaultdict(list)
-        for bucket in codes:
-            by_tag[directory_tag(bucket)].append(bucket)
-        directory_key = self.store.keys.directory_of_bucket
-        calls: list[tuple[list[str], list[str | int]]] = []
-        codes_of_call: list[list[str]] = []
-        for buckets in by_tag.values():
-            args: list[str | int] = [book.number]
-            in_call: list[str] = []
-            for bucket in buckets:
-                bucket_codes = codes[bucket]
-                args.append(len(bucket_codes))
-                args += bucket_codes
-                in_call += bucket_codes
-            calls.append(([directory_key(bucket) for bucket in buckets], args))
-            codes_of_call.append(in_call)
-        claimed: list[str] = []
-        replies = await self.store.scripts.run_many("claim_codes", calls) if calls else []
-        for in_call, reply in zip(codes_of_call, replies, strict=True):
-            flags = str(reply)
-            if not flags.strip("n"):  # the usual case: every code new
-                claimed += in_call
-                continue
-            for code, flag in zip(in_call, flags, strict=True):
-                if flag == "n" or (flag == "s" and not only_new):
-                    claimed.append(code)
-                elif flag == "o":
-                    in_other_book.append(code)
-        return claimed
-
-    async def _add(self, book: Located, codes: Sequence[str], outcome: _Outcome) -> None:
-        keys = [book.keys.meta, book.keys.free, book.keys.assigned, book.keys.events]
-        chunks = [codes[start:start + ADD_CHUNK] for start in range(0, len(codes), ADD_CHUNK)]
-        replies = await self.store.scripts.run_many("add_codes", [(keys, c) for c in chunks])
-        for chunk, reply in zip(chunks, replies, strict=True):
-            if reply[0] != "ok":
-                raise errors.BookNotFound(f"no coupon book {book.id}")
-            flags = str(reply[1])
-            if not flags.strip("a"):  # the usual case: every code added
-                outcome.added += chunk
-                continue
-            for code, flag in zip(chunk, flags, strict=True):
-                (outcome.added if flag == "a" else outcome.duplicates).append(code)
-
-
-def _sort_out(raw_codes: Sequence[object], outcome: _Outcome) -> list[str]:
-    """The valid codes, each once; notes the invalid and repeated ones."""
-    seen: set[str] = set()
-    candidates: list[str] = []
-    for raw in raw_codes:
-        if not coderules.is_valid_code(raw):
-            outcome.invalid.append(str(raw))
-        elif raw in seen:
-            outcome.duplicates.append(str(raw))
-        else:
-            code = str(raw)
-            seen.add(code)
-            candidates.append(code)
-    return candidates
-
-
-def _bucket_chunks(codes: Sequence[str]) -> list[Buckets]:
-    """Groups distinct codes by directory bucket and cuts the buckets, in
-    order, into chunks (see LOAD_STAGES). A chunk is then a run of
-    neighbouring buckets with all of each bucket's codes, so Redis claims it
-    with a few commands per bucket and one script call per hash tag, where
-    chunks cut in upload order would touch every bucket for a code or two."""
-    size = min(LOAD_CHUNK, max(MIN_LOAD_CHUNK, -(-len(codes) // LOAD_STAGES)))
-    by_bucket: Buckets = defaultdict(list)
-    for code, bucket in zip(codes, directory_buckets(codes), strict=True):
-        by_bucket[bucket].append(code)
-    chunks: list[Buckets] = []
-    chunk: Buckets = {}
-    in_chunk = 0
-    for bucket in sorted(by_bucket):
-        chunk[bucket] = by_bucket[bucket]
-        in_chunk += len(chunk[bucket])
-        if in_chunk >= size:
-            chunks.append(chunk)
-            chunk, in_chunk = {}, 0
-    if chunk:
-        chunks.append(chunk)
-    return chunks
-
-
-def _codes(chunk: Buckets) -> list[str]:
-    return [code for bucket_codes in chunk.values() for code in bucket_codes]
-
-
-def _without(chunk: Buckets, dropped: set[str]) -> Buckets:
-    if not dropped:
-        return chunk
-    kept = {bucket: [c for c in codes if c not in dropped] for bucket, codes in chunk.items()}
-    return {bucket: codes for bucket, codes in kept.items() if codes}
-
-
-async def _pipelined(chunks: Sequence[Buckets],
-                     durable: Callable[[Buckets], Awaitable[Buckets]],
-                     usable: Callable[[Buckets], Awaitable[None]]) -> None:
-    """Loads chunks in two stages that overlap: Postgres (`durable`, which has the
-    last word on which codes are the book's) takes up to POSTGRES_STAGES
-    chunks at once, and Redis (`usable`) takes each chunk Postgres has
-    finished. A bulk load then costs about the slower of the two, not their
-    sum. Each chunk reaches Redis only after Postgres has it; after a failure
-    no further chunk starts, and the request answers only once the chunks
-    under way have landed (or failed): nothing keeps running after it."""
-    postgres_slots = asyncio.Semaphore(POSTGRES_STAGES)
-    failed = False
-
-    async def load(chunk: Buckets) -> None:
-        nonlocal failed
-        try:
-            async with postgres_slots:
-                if failed:
-                    return
-                kept = await durable(chunk)
-            await usable(kept)
-        except BaseException:
-            failed = True
-            raise
-
-    outcomes = await asyncio.gather(*(load(chunk) for chunk in chunks), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-
 
 def _book_row(book: Located, req: CreateBook) -> BookRow:
     return BookRow(

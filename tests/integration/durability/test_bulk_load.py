@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from couponsvc import books as books_module
+from couponsvc import loads
 from couponsvc.schemas import CreateBook
 
 from .conftest import Service
@@ -24,7 +24,7 @@ CHUNK = 7
 
 @pytest.fixture(autouse=True)
 def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(books_module, "LOAD_CHUNK", CHUNK)
+    monkeypatch.setattr(loads, "LOAD_CHUNK", CHUNK)
 
 
 async def postgres_codes(service: Service, book_id: str) -> set[str]:
