@@ -11,7 +11,7 @@ import asyncpg
 
 from couponsvc import codes as coderules
 from couponsvc import errors, loads
-from couponsvc.book_claims import book_made, claim_book_id
+from couponsvc.book_claims import claim_book_id, holding_claim
 from couponsvc.coupons import Idempotency
 from couponsvc.instants import datetime_to_ms, ms_to_datetime
 from couponsvc.records import BookRow, Records
@@ -48,17 +48,14 @@ class Books:
         if req.initialCouponAmount:
             self._check_count(req.initialCouponAmount, "initialCouponAmount")
             coderules.check_pattern(pattern, req.initialCouponAmount, "codePattern")
-        store = self.store
         book_id = str(uuid.uuid4())
-        if idem is not None:
-            book_id, made_earlier = await claim_book_id(store.redis, store.keys, idem, book_id)
-            if made_earlier:
-                return await self.get(book_id), True
-        made = await self._create(req, book_id, pattern)
-        if idem is not None:
-            await book_made(store.redis, store.keys, idem, book_id,
-                            store.settings.idempotency_ttl_seconds)
-        return made, False
+        if idem is None:
+            return await self._create(req, book_id, pattern), False
+        book_id, made_earlier = await claim_book_id(self.store, idem, book_id)
+        if made_earlier:
+            return await self.get(book_id), True
+        async with holding_claim(self.store, idem, book_id):
+            return await self._create(req, book_id, pattern), False
 
     async def _create(self, req: CreateBook, book_id: str, pattern: str) -> Book:
         book = await self._new_book(req, book_id)

@@ -25,7 +25,7 @@ from couponsvc.types import ScriptReply
 PRELUDE = "_prelude"
 # Scripts that may change state (see Replicas in coalesce.py).
 MUTATING = frozenset({"create_book", "claim_codes", "add_codes", "assign_random", "assign_code",
-                      "lock", "unlock", "redeem"})
+                      "lock", "unlock", "redeem", "settle_claim"})
 NAMES = (
     "create_book",
     "claim_codes",
@@ -37,6 +37,7 @@ NAMES = (
     "redeem",
     "read_book",
     "list_user_codes",
+    "settle_claim",
 )
 
 

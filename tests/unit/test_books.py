@@ -11,6 +11,8 @@ from couponsvc import books as books_module
 from couponsvc import errors
 from couponsvc.books import Books
 from couponsvc.codes import ALPHABET
+from couponsvc.coupons import Idempotency
+from couponsvc.keys import Keys
 from couponsvc.schemas import CreateBook
 from couponsvc.settings import Settings
 from couponsvc.store import Store
@@ -349,3 +351,51 @@ async def test_book_counts_after_a_mix_of_operations(make_book, books, coupons, 
     assert counts.locked == 1  # C2: C1 was unlocked, C0's lock ended with its redemption
     assert counts.redeemed == 3  # redemptions, not codes: C3 counts twice
     assert counts.available + counts.assigned == counts.total
+
+
+# --- a create with an Idempotency-Key (book_claims.py) -------------------------
+
+MAKER = Idempotency("admin", "book-1", "fp-create")
+CLAIM = Keys("cb").idempotency_claim("admin", "book-1")
+
+
+async def test_a_create_marks_its_claim_made_and_a_retry_gets_the_book(books, redis):
+    first, replayed = await books.create_once(CreateBook(name="once"), MAKER)
+    again, replayed_again = await books.create_once(CreateBook(name="once"), MAKER)
+
+    assert (replayed, replayed_again) == (False, True)
+    assert again.id == first.id
+    assert await redis.get(CLAIM) == f"fp-create {first.id} made"
+    assert 0 < await redis.pttl(CLAIM) <= 24 * 3600 * 1000
+    assert await redis.hlen("cb:books") == 1
+
+
+async def test_a_create_that_fails_releases_its_claim(books, redis, monkeypatch):
+    """Its retry can then make the book, instead of waiting out the claim."""
+    async def fails(*_: object) -> None:
+        raise errors.ServiceUnavailable("Postgres did not answer")
+
+    monkeypatch.setattr(books, "_create", fails)
+    with pytest.raises(errors.ServiceUnavailable):
+        await books.create_once(CreateBook(name="fails"), MAKER)
+    assert await redis.get(CLAIM) is None
+
+    monkeypatch.undo()
+    book, replayed = await books.create_once(CreateBook(name="fails"), MAKER)
+    assert not replayed and await redis.get(CLAIM) == f"fp-create {book.id} made"
+
+
+async def test_a_claim_taken_over_meanwhile_is_not_marked_by_the_first_create(
+        books, redis, monkeypatch):
+    """A claim that lapsed and was taken by a retry belongs to the retry: the
+    first create must not mark the key as its own book's."""
+    real_create = books._create
+
+    async def lapses_then_creates(req, book_id, pattern):
+        await redis.set(CLAIM, "fp-create another-book-id", px=30_000)
+        return await real_create(req, book_id, pattern)
+
+    monkeypatch.setattr(books, "_create", lapses_then_creates)
+    await books.create_once(CreateBook(name="slow"), MAKER)
+
+    assert await redis.get(CLAIM) == "fp-create another-book-id"
