@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -11,12 +12,14 @@ import asyncpg
 
 from couponsvc import codes as coderules
 from couponsvc import errors, loads
-from couponsvc.book_claims import claim_book_id, holding_claim
+from couponsvc.book_claims import BookState, Progress, claim_book_id, holding_claim
 from couponsvc.coupons import Idempotency
 from couponsvc.instants import datetime_to_ms, ms_to_datetime
 from couponsvc.records import BookRow, Records
 from couponsvc.schemas import Book, BookCounts, CreateBook, UploadResult
 from couponsvc.store import Located, Store
+
+log = logging.getLogger("couponsvc")
 
 # Rounds of redrawing colliding generated codes before settling for fewer.
 GENERATE_ROUNDS = 20
@@ -42,7 +45,8 @@ class Books:
     async def create_once(self, req: CreateBook,
                           idem: Idempotency | None) -> tuple[Book, bool]:
         """The new book; with an Idempotency-Key, at most one per key
-        (book_claims.py), and True when it is the one an earlier request made."""
+        (book_claims.py), and True when it is the one an earlier request made
+        (or began: this request then makes the initial codes it lacks)."""
         _check_settings(req)
         pattern = req.codePattern or coderules.DEFAULT_PATTERN
         if req.initialCouponAmount:
@@ -50,19 +54,37 @@ class Books:
             coderules.check_pattern(pattern, req.initialCouponAmount, "codePattern")
         book_id = str(uuid.uuid4())
         if idem is None:
-            return await self._create(req, book_id, pattern), False
-        book_id, made_earlier = await claim_book_id(self.store, idem, book_id)
-        if made_earlier:
+            return await self._create(req, book_id, pattern, Progress()), False
+        book_id, state = await claim_book_id(self.store, idem, book_id)
+        if state is BookState.MADE:
             return await self.get(book_id), True
-        async with holding_claim(self.store, idem, book_id):
-            return await self._create(req, book_id, pattern), False
+        progress = Progress(book_exists=state is BookState.UNFINISHED)
+        async with holding_claim(self.store, idem, book_id, progress):
+            if state is BookState.UNFINISHED:
+                made = (await self.get(book_id)).counts.total
+                return await self._fill(await self.store.book(book_id), req, pattern, made), True
+            return await self._create(req, book_id, pattern, progress), False
 
-    async def _create(self, req: CreateBook, book_id: str, pattern: str) -> Book:
+    async def _create(self, req: CreateBook, book_id: str, pattern: str,
+                      progress: Progress) -> Book:
+        """Records the book in Postgres, makes it in Redis, then its codes. A
+        failure before the book is usable undoes what was written (_discard);
+        after, the book stays, with the codes made so far."""
         book = await self._new_book(req, book_id)
+        try:
+            await self._make_usable(book, req)
+        except BaseException:
+            await self._discard(book)
+            raise
+        progress.book_exists = True
+        return await self._fill(book, req, pattern, 0)
+
+    async def _make_usable(self, book: Located, req: CreateBook) -> None:
+        """The book's meta hash and outbox (create_book.lua), then its entry in
+        the index of books, which the writer drains the outboxes of."""
         store = self.store
-        number = book.number
         fields: dict[str, str | int] = {
-            "num": number,
+            "num": book.number,
             "name": req.name,
             "description": req.description,
             "multipleRedeemsAllowed": int(req.multipleRedeemsAllowed),
@@ -78,12 +100,32 @@ class Books:
         args = [book.id, *(item for pair in fields.items() for item in pair)]
         reply = await store.run("create_book", [book.keys.meta, book.keys.events], args)
         if reply[0] != "ok":
-            raise errors.Conflict(f"book number {number} was taken meanwhile; retry")
-        await store.redis.hset(store.keys.books, book.id, number)
-        if req.initialCouponAmount:
-            # A shortfall still answers 201: the book exists either way, and
-            # its counts say how many codes were made.
-            await self._generate(book, pattern, req.initialCouponAmount)
+            raise errors.Conflict(f"book number {book.number} was taken meanwhile; retry")
+        await store.redis.hset(store.keys.books, book.id, book.number)
+
+    async def _discard(self, book: Located) -> None:
+        """Undoes a create that failed before its book was usable, so neither
+        store keeps a book its client was told failed: Redis first (only this
+        book's keys, and only while it has no codes), then the index entry,
+        then the Postgres row. Best effort: what a second failure leaves,
+        `couponsvc verify` reports (the Postgres row alone would come back
+        with `couponsvc rebuild`)."""
+        store = self.store
+        try:
+            await store.run("discard_book", [book.keys.meta, book.keys.events], [book.id])
+            await store.redis.hdel(store.keys.books, book.id)
+            if self.records is not None:
+                await self.records.delete_empty_book(book.id)
+        except Exception:
+            log.warning("could not undo the failed create of book %s", book.id, exc_info=True)
+
+    async def _fill(self, book: Located, req: CreateBook, pattern: str, made: int) -> Book:
+        """Generates the initial codes the book still lacks, then reads it. A
+        shortfall still answers 201: the book exists either way, and its counts
+        say how many codes were made."""
+        missing = (req.initialCouponAmount or 0) - made
+        if missing > 0:
+            await self._generate(book, pattern, missing)
         return await self.get(book.id)
 
     async def _new_book(self, req: CreateBook, book_id: str) -> Located:

@@ -53,6 +53,13 @@ class Records:
             row.valid_until, row.created_at,
         )
 
+    async def delete_empty_book(self, book_id: str) -> None:
+        """Removes a book that never got a code: undoes a create that failed
+        before its book was usable (Books._discard)."""
+        await self.pool.execute(
+            "DELETE FROM books WHERE id = $1"
+            " AND NOT EXISTS (SELECT 1 FROM codes WHERE book_id = $1)", book_id)
+
     async def claim_codes(self, book_id: str, codes: Sequence[str],
                           want_new: bool = False) -> CodeClaims:
         """Inserts the codes for the book; reports which are another's (and,

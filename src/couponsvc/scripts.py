@@ -25,7 +25,7 @@ from couponsvc.types import ScriptReply
 PRELUDE = "_prelude"
 # Scripts that may change state (see Replicas in coalesce.py).
 MUTATING = frozenset({"create_book", "claim_codes", "add_codes", "assign_random", "assign_code",
-                      "lock", "unlock", "redeem", "settle_claim"})
+                      "lock", "unlock", "redeem", "settle_claim", "discard_book"})
 NAMES = (
     "create_book",
     "claim_codes",
@@ -38,6 +38,7 @@ NAMES = (
     "read_book",
     "list_user_codes",
     "settle_claim",
+    "discard_book",
 )
 
 

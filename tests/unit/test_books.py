@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from couponsvc import books as books_module
 from couponsvc import errors
@@ -391,11 +392,109 @@ async def test_a_claim_taken_over_meanwhile_is_not_marked_by_the_first_create(
     first create must not mark the key as its own book's."""
     real_create = books._create
 
-    async def lapses_then_creates(req, book_id, pattern):
+    async def lapses_then_creates(req, book_id, pattern, progress):
         await redis.set(CLAIM, "fp-create another-book-id", px=30_000)
-        return await real_create(req, book_id, pattern)
+        return await real_create(req, book_id, pattern, progress)
 
     monkeypatch.setattr(books, "_create", lapses_then_creates)
     await books.create_once(CreateBook(name="slow"), MAKER)
 
     assert await redis.get(CLAIM) == "fp-create another-book-id"
+
+
+async def _book_keys(redis) -> list[str]:
+    return sorted(k for k in await redis.keys("cb:{book:*") if not k.endswith(":seq"))
+
+
+async def test_a_create_whose_book_cannot_be_indexed_leaves_nothing(books, redis, monkeypatch):
+    """Its client is told it failed, so no half-made book may stay behind
+    (here the index write after create_book.lua fails)."""
+    async def index_fails(*_: object) -> None:
+        raise RedisConnectionError("connection to Redis lost")
+
+    monkeypatch.setattr(redis, "hset", index_fails)
+    with pytest.raises(RedisConnectionError):
+        await books.create_once(CreateBook(name="lost"), MAKER)
+
+    assert await _book_keys(redis) == []
+    assert await redis.get(CLAIM) is None  # released: the retry makes the book
+    monkeypatch.undo()
+    book, replayed = await books.create_once(CreateBook(name="lost"), MAKER)
+    assert not replayed and await redis.hgetall("cb:books") == {book.id: "2"}
+
+
+async def test_a_failed_create_leaves_another_book_on_its_number_alone(books, redis, monkeypatch):
+    """The number it drew was taken meanwhile: the meta there is not its own."""
+    other = await books.create(CreateBook(name="other"))
+    await redis.set("cb:book-seq", 0)
+    real_exists = redis.exists
+
+    async def number_looks_free(*keys: str) -> int:
+        return 0 if keys == ("cb:{book:1}:meta",) else await real_exists(*keys)
+
+    monkeypatch.setattr(redis, "exists", number_looks_free)
+    with pytest.raises(errors.Conflict):
+        await books.create(CreateBook(name="late"))
+
+    assert (await books.get(other.id)).name == "other"
+    assert await redis.hgetall("cb:books") == {other.id: "1"}
+
+
+async def test_a_create_whose_initial_codes_fail_is_finished_by_its_retry(
+        books, redis, monkeypatch):
+    """The book exists once its codes are being made: the key is marked
+    unfinished, and the retry makes the codes still missing in that book."""
+    real_generate = books._generate
+
+    async def fails_half_way(book, pattern, count):
+        await real_generate(book, pattern, count // 2)
+        raise errors.ServiceUnavailable("Postgres did not answer")
+
+    monkeypatch.setattr(books, "_generate", fails_half_way)
+    req = CreateBook(name="half", initialCouponAmount=10, codePattern="H-####")
+    with pytest.raises(errors.ServiceUnavailable):
+        await books.create_once(req, MAKER)
+    [book_id] = (await redis.hgetall("cb:books")).keys()
+    assert await redis.get(CLAIM) == f"fp-create {book_id} unfinished"
+    assert 3600 * 1000 < await redis.pttl(CLAIM) <= 24 * 3600 * 1000
+
+    monkeypatch.undo()
+    book, replayed = await books.create_once(req, MAKER)
+
+    assert (book.id, replayed) == (book_id, True)
+    assert book.counts.total == book.counts.available == 10
+    assert await redis.scard("cb:{book:1}:free") == 10
+    assert await redis.get(CLAIM) == f"fp-create {book_id} made"
+    assert await redis.hlen("cb:books") == 1
+
+
+async def test_an_unfinished_create_is_finished_by_one_retry_at_a_time(books, redis):
+    """The retry that takes the claim over holds it: another gets the 409."""
+    book = await books.create(CreateBook(name="taken over"))
+    await redis.set(CLAIM, f"fp-create {book.id} unfinished")
+
+    first = await books_module.claim_book_id(books.store, MAKER, "unused-id")
+    with pytest.raises(errors.IdempotencyKeyInProgress):
+        await books_module.claim_book_id(books.store, MAKER, "unused-id")
+
+    assert first == (book.id, books_module.BookState.UNFINISHED)
+    assert await redis.get(CLAIM) == f"fp-create {book.id}"
+    assert 0 < await redis.pttl(CLAIM) <= 30_000
+
+
+async def test_a_made_book_is_answered_even_if_its_claim_cannot_be_marked(
+        books, store, redis, monkeypatch):
+    """The book is made and durable: failing to mark the key is no reason to
+    tell the client otherwise (it would retry and make another)."""
+    real_run = store.run
+
+    async def marking_fails(name, keys, args=()):
+        if name == "settle_claim" and str(args[1]).endswith(" made"):
+            raise RedisConnectionError("connection to Redis lost")
+        return await real_run(name, keys, args)
+
+    monkeypatch.setattr(store, "run", marking_fails)
+    book, replayed = await books.create_once(CreateBook(name="made"), MAKER)
+
+    assert not replayed and (await books.get(book.id)).name == "made"
+    assert await redis.get(CLAIM) == f"fp-create {book.id}"  # lapses by itself
