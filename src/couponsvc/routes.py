@@ -36,7 +36,7 @@ MAX_PAGE = 500
 PageSize = Annotated[int, Meta(ge=1, le=MAX_PAGE)]
 REPLAYED_HEADER = "Idempotent-Replayed"
 _USER = re.compile(schemas.USER_PATTERN)
-_UUID = re.compile(schemas.UUID_PATTERN)
+_BOOK_ID = re.compile(schemas.BOOK_ID_PATTERN)
 
 
 def _services(request: Request) -> Services:
@@ -106,9 +106,10 @@ async def _upload_text(request: Request, services: Services) -> Response:
     """A text/plain body: one code per line, the book in ?couponBookId= (what
     `couponsvc upload` sends: no JSON to build or parse for a million codes)."""
     book_id = request.query_params.get("couponBookId", "")
-    if not _UUID.fullmatch(book_id):
+    if not _BOOK_ID.fullmatch(book_id):
         raise errors.InvalidRequest("a text/plain upload needs ?couponBookId=<book id>",
                                     field="couponBookId")
+    book_id = book_id.lower()
     body = await read_body(request, services.settings.max_body_bytes)
     try:
         text = body.decode()
@@ -208,8 +209,10 @@ async def list_user_coupons(request: Request) -> Response:
         raise errors.InvalidRequest("userId must be 1-128 of A-Z a-z 0-9 . _ @ + : -",
                                     field="userId")
     book_id = request.query_params.get("couponBookId")
-    if book_id is not None and not _UUID.fullmatch(book_id):
-        raise errors.InvalidRequest("couponBookId must be a book id", field="couponBookId")
+    if book_id is not None:
+        if not _BOOK_ID.fullmatch(book_id):
+            raise errors.InvalidRequest("couponBookId must be a book id", field="couponBookId")
+        book_id = book_id.lower()
     limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     page = await _services(request).coupons.list_for_user(
         principal, user_id, book_id, limit, request.query_params.get("cursor"))
@@ -297,7 +300,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/coupons/codes", upload_codes, "uploadCouponCodes",
               "Upload or generate codes for a coupon book", "coupons", schemas.UploadCodes,
               {200: ("Codes added and refused", schemas.UploadResult)}, _WRITE_ERRORS,
-              query=(("couponBookId", "The book, for a text/plain body", str),),
+              query=(("couponBookId", "The book, for a text/plain body", schemas.BookId),),
               text_body="One code per line; the book in the couponBookId query parameter"),
     Operation("POST", "/coupons/assign", assign_random, "assignRandomCoupon",
               "Assign a random free code of a book to a user", "coupons", schemas.AssignRandom,

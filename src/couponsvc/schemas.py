@@ -15,12 +15,16 @@ from msgspec import Meta
 CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 USER_PATTERN = r"^[A-Za-z0-9._@+:-]{1,128}$"
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# A book id as a client may send it: UUIDs are case-insensitive (RFC 9562), so
+# one in upper case is taken and read in lower case, as in a path.
+BOOK_ID_PATTERN = UUID_PATTERN.replace("a-f", "a-fA-F")
 # '#' stands for one random character; everything else is literal.
 CODE_TEMPLATE_PATTERN = r"^[A-Za-z0-9_#-]{1,64}$"
 
 Code = Annotated[str, Meta(pattern=CODE_PATTERN, description="1-64 of A-Z a-z 0-9 _ -")]
 UserId = Annotated[str, Meta(pattern=USER_PATTERN, description="1-128 of A-Z a-z 0-9 . _ @ + : -")]
-BookId = Annotated[str, Meta(pattern=UUID_PATTERN, description="The book's id (a lower-case UUID)")]
+BookId = Annotated[str, Meta(pattern=BOOK_ID_PATTERN,
+                             description="The book's id (a UUID; answers give it in lower case)")]
 CodeTemplate = Annotated[
     str,
     Meta(pattern=CODE_TEMPLATE_PATTERN,
@@ -82,15 +86,25 @@ class UploadCodes(Base):
     codes: list[str] | None = None
     generate: Generate | None = None
 
+    def __post_init__(self) -> None:
+        self.couponBookId = self.couponBookId.lower()
+
 
 class AssignRandom(Base):
     userId: UserId
     couponBookId: BookId
 
+    def __post_init__(self) -> None:
+        self.couponBookId = self.couponBookId.lower()
+
 
 class AssignCode(Base):
     userId: UserId
     couponBookId: BookId | None = None
+
+    def __post_init__(self) -> None:
+        if self.couponBookId is not None:
+            self.couponBookId = self.couponBookId.lower()
 
 
 class Lock(Base):

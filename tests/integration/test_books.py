@@ -17,7 +17,7 @@ from couponsvc.keys import Keys
 from couponsvc.schemas import CreateBook
 
 from .api_client import Api
-from .names import ALPHABET, new_user
+from .names import ALPHABET, new_code, new_user
 from .problems import assert_problem
 from .redis_state import book_keys, events
 from .tokens import bearer
@@ -237,6 +237,38 @@ async def test_a_book_id_in_upper_case_is_the_same_book(api: Api) -> None:
 
     assert response.status_code == 200, response.text
     assert response.json()["id"] == book["id"]
+
+
+async def test_an_upper_case_book_id_is_the_same_book_in_bodies_and_queries(api: Api) -> None:
+    """UUIDs are case-insensitive: what a path takes, a body and a query take
+    too, and answers give the id in lower case."""
+    book = await api.create_book()
+    upper = book["id"].upper()
+    codes = [new_code() for _ in range(3)]
+    user, key = new_user(), f"upper-{uuid.uuid4()}"
+
+    uploaded = await api.upload(upper, [codes[0], codes[2]])
+    text = await api.client.post("/coupons/codes", params={"couponBookId": upper},
+                                 content=codes[1] + "\n", headers={
+                                     "content-type": "text/plain", **bearer(api.server.admin)})
+    named = await api.post(f"/coupons/assign/{codes[2]}", {"userId": user, "couponBookId": upper})
+    assigned = await api.assign(upper, user, headers={"Idempotency-Key": key})
+    again = await api.assign(book["id"], user, headers={"Idempotency-Key": key})
+    listed = await api.get(f"/users/{user}/coupons", token=api.server.writer,
+                           params={"couponBookId": upper})
+
+    assert (uploaded["couponBookId"], uploaded["added"]) == (book["id"], 2)
+    assert text.status_code == 200, text.text
+    assert (text.json()["couponBookId"], text.json()["added"]) == (book["id"], 1)
+    assert assigned.status_code == 200, assigned.text
+    assert assigned.json()["couponBookId"] == book["id"]
+    # The same request, however the id was spelled: a replay, not a reuse.
+    assert (again.status_code, again.headers.get("idempotent-replayed")) == (200, "true")
+    assert again.json() == assigned.json()
+    assert named.status_code == 200, named.text
+    assert listed.status_code == 200, listed.text
+    assert sorted(c["code"] for c in listed.json()) == \
+        sorted([assigned.json()["code"], codes[2]])
 
 
 @pytest.mark.parametrize("who", ["writer", "end-user"])

@@ -135,7 +135,7 @@ def test_encoded_document_matches(document):
 def test_parameters_state_the_rules_the_handlers_check(document):
     # Schema fuzzing generates parameters from these: a bare "string" made valid
     # requests look invalid and invalid ones look valid.
-    patterns = {"code": schemas.CODE_PATTERN, "couponBookId": schemas.UUID_PATTERN,
+    patterns = {"code": schemas.CODE_PATTERN, "couponBookId": schemas.BOOK_ID_PATTERN,
                 "userId": schemas.USER_PATTERN}
     for path, _, operation in operations(document):
         for parameter in operation["parameters"]:
@@ -144,7 +144,7 @@ def test_parameters_state_the_rules_the_handlers_check(document):
                 assert schema["pattern"] == patterns[name], (path, name)
     listing = document["paths"]["/users/{userId}/coupons"]["get"]["parameters"]
     query = {p["name"]: p["schema"] for p in listing if p["in"] == "query"}
-    assert query["couponBookId"]["pattern"] == schemas.UUID_PATTERN
+    assert query["couponBookId"]["pattern"] == schemas.BOOK_ID_PATTERN
     assert (query["limit"]["minimum"], query["limit"]["maximum"]) == (1, MAX_PAGE)
     redeem = document["paths"]["/coupons/redeem/{code}"]["post"]["parameters"]
     [key] = [p["schema"]["pattern"] for p in redeem if p["name"] == "Idempotency-Key"]
