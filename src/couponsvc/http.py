@@ -22,6 +22,9 @@ _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 
 _GOT_FLOAT = "got `float`"
+# A \uD800-\uDBFF escape not followed by its low half: msgspec reports it as
+# "Input data was truncated", which would send a client looking elsewhere.
+_LONE_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])")
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
@@ -127,7 +130,11 @@ def decode(body: bytes, kind: type[T]) -> T:
             field = f"{field}.{named.group(1)}" if field else named.group(1)
         raise InvalidRequest(message, field=field or None) from None
     except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+        reason = "an unpaired \\uD800-\\uDBFF escape" \
+            if _LONE_HIGH_SURROGATE.search(body) else str(exc)
+        raise InvalidRequest(f"the body is not valid JSON: {reason}") from None
+    except UnicodeDecodeError:  # bytes that are not UTF-8 inside a string
+        raise InvalidRequest("the body is not valid JSON: it is not UTF-8") from None
 
 
 def _decode_whole_floats(body: bytes, kind: type[T], error: msgspec.ValidationError) -> T:

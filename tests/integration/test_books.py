@@ -189,14 +189,24 @@ async def test_non_json_content_type_is_415(api: Api) -> None:
     assert_problem(response, 415, "unsupported-media-type")
 
 
-@pytest.mark.parametrize("raw", [b'{"name": "x"', b"{'name': 'x'}", b"", b"\xff\xfe"])
-async def test_malformed_json_is_400(api: Api, raw: bytes) -> None:
+@pytest.mark.parametrize(("raw", "says"), [
+    (b'{"name": "x"', "truncated"),
+    (b"{'name': 'x'}", "malformed"),
+    (b"", "truncated"),
+    (b"\xff\xfe", "malformed"),
+    # Not UTF-8 inside a string (msgspec raises UnicodeDecodeError, not DecodeError).
+    (b'{"name": "caf\xe9"}', "not UTF-8"),
+    (b'{"lockTtlSeconds": 60.0, "name": "\xed\xa0\x80"}', "not UTF-8"),
+    (b'{"name": "\\ud800"}', "unpaired"),
+    (b'{"name": "\\uDBFFx"}', "unpaired"),
+])
+async def test_malformed_json_is_400(api: Api, raw: bytes, says: str) -> None:
     response = await api.client.post(
         "/coupons", content=raw,
         headers={**bearer(api.server.admin), "Content-Type": "application/json"})
 
     problem = assert_problem(response, 400, "invalid-request")
-    assert "JSON" in problem["detail"]
+    assert "not valid JSON" in problem["detail"] and says in problem["detail"], problem
 
 
 async def test_get_book_reports_live_counts(api: Api) -> None:
