@@ -1,23 +1,25 @@
-"""An Idempotency-Key on `POST /coupons`: which book a key made, or is making.
+"""An Idempotency-Key on `POST /coupons`: which book a key makes, and who is
+making it now.
 
-The key's claim (`{prefix}:{idem:DIGEST}`, the key the checkout routes bind
-too) holds the request's fingerprint and the id chosen for the new book,
-then a mark once the book is made:
+Two keys in one slot (`{prefix}:{idem:DIGEST}`, the key the checkout routes
+bind too, and its `:lease`):
 
-- first use: `SET NX` with a short expiry, renewed while the book is being
-  made; once it is, the mark `made` and the full idempotency window;
-- the same request again: the book as it is now (a replay) once made; a 409
-  `idempotency-key-in-progress` with Retry-After while the first is at work;
-- a create that fails before its book exists releases the claim, so its
-  retry can make the book; one that fails while making the book's initial
-  codes marks it `unfinished` for the idempotency window, and its retry
-  takes the claim over and makes the codes still missing, in the same book;
-- another request with the key: 409 `idempotency-key-reused`.
+- the claim binds the key, for the whole idempotency window, to the
+  request's fingerprint and the id chosen for the book on first use; once
+  the book is made it is marked `made`;
+- the lease names the one request making that book now. It expires after
+  30 s unless renewed, so a create whose process died frees it by itself.
 
-Renewing, marking, releasing and taking over go through `settle_claim.lua`,
-which acts only while the claim holds what this create expects: one key
-never makes two books. Every write waits for replicas like any other change
-(`durable`).
+A retry of the same request gets the book as it is now once it is made (a
+replay); while another request holds the lease, a 409
+`idempotency-key-in-progress` with Retry-After; otherwise (the first failed
+part-way, or died) it takes the lease and makes the same book, every step of
+which can be done again (`Books._make`). The book's id never changes for the
+window, so one key never makes two books. Another request with the key:
+409 `idempotency-key-reused`.
+
+`claim_create.lua` and `settle_create.lua` do each of these in one step.
+Every write waits for replicas like any other change (`durable`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from couponsvc import errors
 from couponsvc.coupons import Idempotency
@@ -35,96 +37,81 @@ from couponsvc.store import Store
 
 log = logging.getLogger("couponsvc")
 
-# The claim's expiry while its book is being made, renewed every third of it:
-# a create that dies without releasing it (its process killed) holds the key
-# for at most this long.
-IN_PROGRESS_SECONDS = 30
+# The lease's expiry, renewed every third of it: a create that dies without
+# releasing it holds the key for at most this long.
+LEASE_SECONDS = 30
 
 
-class BookState(enum.Enum):
-    """What the key's book is, as the claim says (its last word, if any)."""
+class Claimed(enum.Enum):
+    """What the key's claim says of its book, for the request that asked."""
 
-    NEW = ""  # not made yet: this request makes it
+    NEW = "new"  # bound to the id this request chose: it makes the book
+    RESUME = "resume"  # an earlier request began the book: this one finishes it
     MADE = "made"
-    UNFINISHED = "unfinished"  # exists, but its initial codes are not all made
 
 
-@dataclass
-class Progress:
-    """How far the create holding the claim got; set by the create."""
-
-    book_exists: bool = False
-
-
-async def claim_book_id(store: Store, idem: Idempotency,
-                        book_id: str) -> tuple[str, BookState]:
-    """The book this request works on: `book_id` (NEW), which it now holds the
-    key for, or the book an earlier request with the key made (MADE) or left
-    unfinished (UNFINISHED: this request now holds the key to finish it)."""
-    claim = store.keys.idempotency_claim(idem.caller, idem.key)
-    held = await store.scripts.coalescer.execute(
-        "SET", claim, f"{idem.fingerprint} {book_id}", "NX", "PX", IN_PROGRESS_SECONDS * 1000,
-        "GET", get=True, durable=True)
-    if held is None:
-        return book_id, BookState.NEW
-    fingerprint, _, rest = str(held).partition(" ")
-    if fingerprint != idem.fingerprint:
+async def claim_book_id(store: Store, idem: Idempotency, book_id: str,
+                        token: str) -> tuple[str, Claimed]:
+    """The key's book and what to do with it. For NEW and RESUME this request
+    now holds the key's lease, under `token`."""
+    outcome, bound = await store.run(
+        "claim_create", _keys(store, idem),
+        [idem.fingerprint, book_id, store.settings.idempotency_ttl_seconds * 1000,
+         token, LEASE_SECONDS * 1000])
+    if outcome == "reused":
         raise errors.IdempotencyKeyReused()
-    earlier_id, _, mark = rest.partition(" ")
-    if mark == BookState.MADE.value:
-        return earlier_id, BookState.MADE
-    if mark == BookState.UNFINISHED.value and await store.run(
-            "settle_claim", [claim],
-            [held, f"{idem.fingerprint} {earlier_id}", IN_PROGRESS_SECONDS * 1000]):
-        return earlier_id, BookState.UNFINISHED
-    raise errors.IdempotencyKeyInProgress(
-        "a request with this Idempotency-Key is still creating its book", retry_after=1)
+    if outcome == "busy":
+        raise errors.IdempotencyKeyInProgress(
+            "a request with this Idempotency-Key is still creating its book", retry_after=1)
+    return str(bound), Claimed(outcome)
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
 
 
 @contextlib.asynccontextmanager
-async def holding_claim(store: Store, idem: Idempotency, book_id: str,
-                        progress: Progress) -> AsyncIterator[None]:
-    """Keeps the claim while the book is made (renewing it), then marks it
-    made for the idempotency window. On a failure it releases the claim, or,
-    once `progress` says the book exists, marks it unfinished."""
-    claim = store.keys.idempotency_claim(idem.caller, idem.key)
-    held = f"{idem.fingerprint} {book_id}"
+async def holding_lease(store: Store, idem: Idempotency, book_id: str,
+                        token: str) -> AsyncIterator[None]:
+    """Keeps the lease while the book is made (renewing it), then marks the
+    book made; on a failure, gives the lease up so a retry can go on at once."""
+    keys = _keys(store, idem)
 
-    async def settle(value: str, ttl_seconds: int) -> bool:
-        reply = await store.run("settle_claim", [claim],
-                                [held, value, ttl_seconds * 1000])
-        return bool(reply)
+    async def settle(action: str, expiry_ms: int = 0) -> bool:
+        return bool(await store.run("settle_create", keys, [token, action, expiry_ms]))
 
     async def renew() -> None:
         while True:
-            await asyncio.sleep(IN_PROGRESS_SECONDS / 3)
+            await asyncio.sleep(LEASE_SECONDS / 3)
             try:
-                await settle(held, IN_PROGRESS_SECONDS)
+                await settle("renew", LEASE_SECONDS * 1000)
             except Exception:  # the next renewal may get through; the create goes on
-                log.warning("could not renew the Idempotency-Key claim of book %s", book_id,
+                log.warning("could not renew the Idempotency-Key lease of book %s", book_id,
                             exc_info=True)
 
-    window = store.settings.idempotency_ttl_seconds
     renewing = asyncio.create_task(renew())
     try:
         yield
     except BaseException:
         renewing.cancel()
+        # Not given up, it lapses in LEASE_SECONDS: the retry waits that long.
         with contextlib.suppress(Exception):  # the error being raised matters more
-            if progress.book_exists:
-                await settle(f"{held} {BookState.UNFINISHED.value}", window)
-            else:
-                await settle("", 0)
+            await settle("release")
         raise
     renewing.cancel()
     try:
-        marked = await settle(f"{held} {BookState.MADE.value}", window)
+        marked = await settle("made", store.settings.idempotency_ttl_seconds * 1000)
     except Exception:
-        # The book is made and durable: answer with it. The key's claim
-        # lapses in IN_PROGRESS_SECONDS, and a retry after that makes another.
-        log.warning("book %s was made, but its Idempotency-Key claim could not be marked",
+        # The book is made and durable: answer with it. Unmarked, the key
+        # still names this book, so a retry makes nothing new either.
+        log.warning("book %s was made, but its Idempotency-Key could not be marked made",
                     book_id, exc_info=True)
         return
     if not marked:
-        log.warning("book %s was made, but its Idempotency-Key claim was lost meanwhile",
-                    book_id)
+        log.info("book %s was made while another request held its Idempotency-Key's lease",
+                 book_id)
+
+
+def _keys(store: Store, idem: Idempotency) -> list[str]:
+    return [store.keys.idempotency_claim(idem.caller, idem.key),
+            store.keys.idempotency_lease(idem.caller, idem.key)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -12,14 +11,12 @@ import asyncpg
 
 from couponsvc import codes as coderules
 from couponsvc import errors, loads
-from couponsvc.book_claims import BookState, Progress, claim_book_id, holding_claim
+from couponsvc.book_claims import Claimed, claim_book_id, holding_lease, new_token
 from couponsvc.coupons import Idempotency
 from couponsvc.instants import datetime_to_ms, ms_to_datetime
 from couponsvc.records import BookRow, Records
 from couponsvc.schemas import Book, BookCounts, CreateBook, UploadResult
 from couponsvc.store import Located, Store
-
-log = logging.getLogger("couponsvc")
 
 # Rounds of redrawing colliding generated codes before settling for fewer.
 GENERATE_ROUNDS = 20
@@ -44,9 +41,8 @@ class Books:
 
     async def create_once(self, req: CreateBook,
                           idem: Idempotency | None) -> tuple[Book, bool]:
-        """The new book; with an Idempotency-Key, at most one per key
-        (book_claims.py), and True when it is the one an earlier request made
-        (or began: this request then makes the initial codes it lacks)."""
+        """The new book; with an Idempotency-Key, the key's one book
+        (book_claims.py), and True when an earlier request made it."""
         _check_settings(req)
         pattern = req.codePattern or coderules.DEFAULT_PATTERN
         if req.initialCouponAmount:
@@ -54,30 +50,64 @@ class Books:
             coderules.check_pattern(pattern, req.initialCouponAmount, "codePattern")
         book_id = str(uuid.uuid4())
         if idem is None:
-            return await self._create(req, book_id, pattern, Progress()), False
-        book_id, state = await claim_book_id(self.store, idem, book_id)
-        if state is BookState.MADE:
+            return await self._make(req, book_id, pattern), False
+        token = new_token()
+        book_id, claimed = await claim_book_id(self.store, idem, book_id, token)
+        if claimed is Claimed.MADE:
             return await self.get(book_id), True
-        progress = Progress(book_exists=state is BookState.UNFINISHED)
-        async with holding_claim(self.store, idem, book_id, progress):
-            if state is BookState.UNFINISHED:
-                made = (await self.get(book_id)).counts.total
-                return await self._fill(await self.store.book(book_id), req, pattern, made), True
-            return await self._create(req, book_id, pattern, progress), False
+        async with holding_lease(self.store, idem, book_id, token):
+            return await self._make(req, book_id, pattern,
+                                    resuming=claimed is Claimed.RESUME), False
 
-    async def _create(self, req: CreateBook, book_id: str, pattern: str,
-                      progress: Progress) -> Book:
-        """Records the book in Postgres, makes it in Redis, then its codes. A
-        failure before the book is usable undoes what was written (_discard);
-        after, the book stays, with the codes made so far."""
-        book = await self._new_book(req, book_id)
-        try:
-            await self._make_usable(book, req)
-        except BaseException:
-            await self._discard(book)
-            raise
-        progress.book_exists = True
-        return await self._fill(book, req, pattern, 0)
+    async def _make(self, req: CreateBook, book_id: str, pattern: str,
+                    resuming: bool = False) -> Book:
+        """Makes the book, or finishes making it: run again with the same id
+        (`resuming`: a retry with the create's Idempotency-Key), each step
+        finds what an earlier attempt did and does only the rest. Postgres
+        comes first, so an answered create is durable."""
+        book, fresh = await self._number(req, book_id, resuming)
+        await self._make_usable(book, req)
+        if req.initialCouponAmount:
+            have = 0 if fresh else await self._codes_so_far(book)
+            if have < req.initialCouponAmount:
+                # A shortfall still answers 201: the book exists either way,
+                # and its counts say how many codes were made.
+                await self._generate(book, pattern, req.initialCouponAmount - have)
+        return await self.get(book.id)
+
+    async def _number(self, req: CreateBook, book_id: str,
+                      resuming: bool) -> tuple[Located, bool]:
+        """The book's number, and True when it is new: the one an earlier
+        attempt recorded, else an unused one, recorded in Postgres first.
+        Numbers come from INCR, so two creators never share one; a sequence
+        that fell behind (a Redis restored without it) is skipped past.
+        Without Postgres an earlier attempt's number is known only once it
+        reached the index of books (one that did not leaves an unused meta)."""
+        store, records = self.store, self.records
+        if resuming:
+            earlier = await records.book_number(book_id) if records is not None \
+                else await store.redis.hget(store.keys.books, book_id)
+            if earlier is not None:
+                return self._located(book_id, int(earlier)), False
+        for _ in range(NUMBER_ATTEMPTS):
+            number = int(await store.redis.incr(store.keys.book_seq))
+            if await store.redis.exists(store.keys.book(number).meta):
+                continue
+            book = self._located(book_id, number)
+            if records is None:
+                return book, True
+            try:
+                await records.insert_book(_book_row(book, req))
+                return book, True
+            except asyncpg.UniqueViolationError:
+                # Postgres knows this number (Redis lost it): skip past. Or
+                # an attempt whose lease lapsed recorded the book meanwhile.
+                if (earlier := await records.book_number(book_id)) is not None:
+                    return self._located(book_id, earlier), False
+        raise errors.Conflict("could not find an unused book number; run couponsvc rebuild")
+
+    def _located(self, book_id: str, number: int) -> Located:
+        return Located(number=number, keys=self.store.keys.book(number), id=book_id)
 
     async def _make_usable(self, book: Located, req: CreateBook) -> None:
         """The book's meta hash and outbox (create_book.lua), then its entry in
@@ -103,48 +133,18 @@ class Books:
             raise errors.Conflict(f"book number {book.number} was taken meanwhile; retry")
         await store.redis.hset(store.keys.books, book.id, book.number)
 
-    async def _discard(self, book: Located) -> None:
-        """Undoes a create that failed before its book was usable, so neither
-        store keeps a book its client was told failed: Redis first (only this
-        book's keys, and only while it has no codes), then the index entry,
-        then the Postgres row. Best effort: what a second failure leaves,
-        `couponsvc verify` reports (the Postgres row alone would come back
-        with `couponsvc rebuild`)."""
-        store = self.store
-        try:
-            await store.run("discard_book", [book.keys.meta, book.keys.events], [book.id])
-            await store.redis.hdel(store.keys.books, book.id)
-            if self.records is not None:
-                await self.records.delete_empty_book(book.id)
-        except Exception:
-            log.warning("could not undo the failed create of book %s", book.id, exc_info=True)
-
-    async def _fill(self, book: Located, req: CreateBook, pattern: str, made: int) -> Book:
-        """Generates the initial codes the book still lacks, then reads it. A
-        shortfall still answers 201: the book exists either way, and its counts
-        say how many codes were made."""
-        missing = (req.initialCouponAmount or 0) - made
-        if missing > 0:
-            await self._generate(book, pattern, missing)
-        return await self.get(book.id)
-
-    async def _new_book(self, req: CreateBook, book_id: str) -> Located:
-        """A fresh id and an unused book number, recorded in Postgres first.
-        Numbers come from INCR, so two creators never share one; a sequence
-        that fell behind (a Redis restored without it) is skipped past."""
-        store = self.store
-        for _ in range(NUMBER_ATTEMPTS):
-            number = int(await store.redis.incr(store.keys.book_seq))
-            if await store.redis.exists(store.keys.book(number).meta):
-                continue
-            book = Located(number=number, keys=store.keys.book(number), id=book_id)
-            if self.records is not None:
-                try:
-                    await self.records.insert_book(_book_row(book, req))
-                except asyncpg.UniqueViolationError:
-                    continue  # Postgres knows this number (Redis lost it): skip past
-            return book
-        raise errors.Conflict("could not find an unused book number; run couponsvc rebuild")
+    async def _codes_so_far(self, book: Located) -> int:
+        """The codes an earlier attempt gave the book. With Postgres, those it
+        recorded there: any a failure kept out of Redis are added now."""
+        if self.records is None:
+            return (await self.get(book.id)).counts.total
+        recorded = await self.records.book_codes(book.id)
+        if len(recorded) > (await self.get(book.id)).counts.total:
+            # Those already in Redis are left as they are.
+            step = self.store.settings.max_upload_codes
+            for start in range(0, len(recorded), step):
+                await self.upload(book.id, recorded[start:start + step])
+        return len(recorded)
 
     async def get(self, book_id: str) -> Book:
         book = await self.store.book(book_id)

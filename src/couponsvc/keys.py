@@ -16,6 +16,7 @@ Layout (documented for operators in docs/redis-keys.md):
     {prefix}:{dir:TT}:BUCKET             hash   code -> book number (immutable directory)
     {prefix}:{idem:DIGEST}               string the fingerprint an idempotency key is bound to
                                                 (for a create, then the book id and `made`)
+    {prefix}:{idem:DIGEST}:lease         string the token of the request making a create's book
     {prefix}:{user:USER}:books           set    book numbers the user has codes in
     {prefix}:ratelimit:{LIMITER/...}     string abuse-limit counters, named by `limits`
                                                  (the part after the prefix; see ratelimit.py)
@@ -103,6 +104,10 @@ class Keys:
     def idempotency_claim(self, caller: str, key: str) -> str:
         """Binds a caller's Idempotency-Key to one request across all books."""
         return f"{self.prefix}:{{idem:{_digest(caller, key)}}}"
+
+    def idempotency_lease(self, caller: str, key: str) -> str:
+        """Held by the one request at a time that makes the book of a create's key."""
+        return f"{self.idempotency_claim(caller, key)}:lease"
 
     def user_books(self, user_id: str) -> str:
         return f"{self.prefix}:{{user:{user_id}}}:books"

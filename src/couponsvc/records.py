@@ -53,12 +53,15 @@ class Records:
             row.valid_until, row.created_at,
         )
 
-    async def delete_empty_book(self, book_id: str) -> None:
-        """Removes a book that never got a code: undoes a create that failed
-        before its book was usable (Books._discard)."""
-        await self.pool.execute(
-            "DELETE FROM books WHERE id = $1"
-            " AND NOT EXISTS (SELECT 1 FROM codes WHERE book_id = $1)", book_id)
+    async def book_number(self, book_id: str) -> int | None:
+        number: int | None = await self.pool.fetchval(
+            "SELECT num FROM books WHERE id = $1", book_id)
+        return number
+
+    async def book_codes(self, book_id: str) -> list[str]:
+        """Every code of the book (a create's retry compares them with Redis)."""
+        rows = await self.pool.fetch("SELECT code FROM codes WHERE book_id = $1", book_id)
+        return [row["code"] for row in rows]
 
     async def claim_codes(self, book_id: str, codes: Sequence[str],
                           want_new: bool = False) -> CodeClaims:

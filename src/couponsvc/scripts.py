@@ -25,7 +25,8 @@ from couponsvc.types import ScriptReply
 PRELUDE = "_prelude"
 # Scripts that may change state (see Replicas in coalesce.py).
 MUTATING = frozenset({"create_book", "claim_codes", "add_codes", "assign_random", "assign_code",
-                      "lock", "unlock", "redeem", "settle_claim", "discard_book"})
+                      "lock", "unlock", "redeem", "claim_create",
+                      "settle_create"})
 NAMES = (
     "create_book",
     "claim_codes",
@@ -37,8 +38,8 @@ NAMES = (
     "redeem",
     "read_book",
     "list_user_codes",
-    "settle_claim",
-    "discard_book",
+    "claim_create",
+    "settle_create",
 )
 
 

@@ -363,6 +363,7 @@ async def test_a_create_still_in_progress_is_409_with_retry_after(
     fingerprint = http.fingerprint("POST", "/coupons", msgspec.convert(body, CreateBook))
     await redis.set(Keys("cb").idempotency_claim(MAKER, key),
                     f"{fingerprint} {uuid.uuid4()}", px=60_000)
+    await redis.set(Keys("cb").idempotency_lease(MAKER, key), "the-first's-token", px=60_000)
     books_before = await redis.hlen("cb:books")
 
     response = await api.post("/coupons", body, token=maker,
@@ -372,3 +373,25 @@ async def test_a_create_still_in_progress_is_409_with_retry_after(
     assert response.headers["retry-after"] == "1"
     assert problem["retryAfterSeconds"] == 1
     assert await redis.hlen("cb:books") == books_before
+
+
+async def test_the_retry_of_a_create_that_died_makes_the_book_its_key_names(
+        api: Api, redis: Redis) -> None:
+    """The first request chose the id and died (its lease lapsed): the retry
+    makes that book, and answers as a first answer (not a replay)."""
+    maker = api.server.token(MAKER, "coupons:admin coupons:write")
+    key, chosen = f"book-{uuid.uuid4()}", str(uuid.uuid4())
+    body = {"name": "Died", "initialCouponAmount": 3}
+    fingerprint = http.fingerprint("POST", "/coupons", msgspec.convert(body, CreateBook))
+    await redis.set(Keys("cb").idempotency_claim(MAKER, key), f"{fingerprint} {chosen}",
+                    px=60_000)
+
+    response = await api.post("/coupons", body, token=maker,
+                              headers={"Idempotency-Key": key})
+
+    assert response.status_code == 201, response.text
+    assert "idempotent-replayed" not in response.headers
+    assert (response.json()["id"], response.json()["counts"]["total"]) == (chosen, 3)
+    assert response.headers["location"] == f"/coupons/{chosen}"
+    assert await redis.get(Keys("cb").idempotency_claim(MAKER, key)) == \
+        f"{fingerprint} {chosen} made"

@@ -358,92 +358,56 @@ async def test_book_counts_after_a_mix_of_operations(make_book, books, coupons, 
 
 MAKER = Idempotency("admin", "book-1", "fp-create")
 CLAIM = Keys("cb").idempotency_claim("admin", "book-1")
+LEASE = Keys("cb").idempotency_lease("admin", "book-1")
+DAY_MS = 24 * 3600 * 1000
 
 
-async def test_a_create_marks_its_claim_made_and_a_retry_gets_the_book(books, redis):
+async def test_a_create_binds_its_key_to_its_book_and_a_retry_gets_it(books, redis):
     first, replayed = await books.create_once(CreateBook(name="once"), MAKER)
     again, replayed_again = await books.create_once(CreateBook(name="once"), MAKER)
 
     assert (replayed, replayed_again) == (False, True)
     assert again.id == first.id
     assert await redis.get(CLAIM) == f"fp-create {first.id} made"
-    assert 0 < await redis.pttl(CLAIM) <= 24 * 3600 * 1000
+    assert DAY_MS - 60_000 < await redis.pttl(CLAIM) <= DAY_MS
+    assert await redis.exists(LEASE) == 0
     assert await redis.hlen("cb:books") == 1
 
 
-async def test_a_create_that_fails_releases_its_claim(books, redis, monkeypatch):
-    """Its retry can then make the book, instead of waiting out the claim."""
-    async def fails(*_: object) -> None:
-        raise errors.ServiceUnavailable("Postgres did not answer")
+async def test_a_key_sent_with_another_request_is_refused(books, redis):
+    await books.create_once(CreateBook(name="once"), MAKER)
 
-    monkeypatch.setattr(books, "_create", fails)
-    with pytest.raises(errors.ServiceUnavailable):
-        await books.create_once(CreateBook(name="fails"), MAKER)
-    assert await redis.get(CLAIM) is None
-
-    monkeypatch.undo()
-    book, replayed = await books.create_once(CreateBook(name="fails"), MAKER)
-    assert not replayed and await redis.get(CLAIM) == f"fp-create {book.id} made"
+    with pytest.raises(errors.IdempotencyKeyReused):
+        await books.create_once(CreateBook(name="other"), Idempotency("admin", "book-1", "fp-2"))
+    assert await redis.hlen("cb:books") == 1
 
 
-async def test_a_claim_taken_over_meanwhile_is_not_marked_by_the_first_create(
+async def test_the_key_names_its_book_from_the_start_and_a_failure_frees_the_lease(
         books, redis, monkeypatch):
-    """A claim that lapsed and was taken by a retry belongs to the retry: the
-    first create must not mark the key as its own book's."""
-    real_create = books._create
+    """The retry of a create that failed part-way goes on with the same book."""
+    real_hset = redis.hset
 
-    async def lapses_then_creates(req, book_id, pattern, progress):
-        await redis.set(CLAIM, "fp-create another-book-id", px=30_000)
-        return await real_create(req, book_id, pattern, progress)
-
-    monkeypatch.setattr(books, "_create", lapses_then_creates)
-    await books.create_once(CreateBook(name="slow"), MAKER)
-
-    assert await redis.get(CLAIM) == "fp-create another-book-id"
-
-
-async def _book_keys(redis) -> list[str]:
-    return sorted(k for k in await redis.keys("cb:{book:*") if not k.endswith(":seq"))
-
-
-async def test_a_create_whose_book_cannot_be_indexed_leaves_nothing(books, redis, monkeypatch):
-    """Its client is told it failed, so no half-made book may stay behind
-    (here the index write after create_book.lua fails)."""
     async def index_fails(*_: object) -> None:
         raise RedisConnectionError("connection to Redis lost")
 
     monkeypatch.setattr(redis, "hset", index_fails)
     with pytest.raises(RedisConnectionError):
         await books.create_once(CreateBook(name="lost"), MAKER)
+    held = await redis.get(CLAIM)
+    assert held is not None and held.startswith("fp-create ")
+    assert DAY_MS - 60_000 < await redis.pttl(CLAIM) <= DAY_MS
+    assert await redis.exists(LEASE) == 0  # given up: the retry need not wait
 
-    assert await _book_keys(redis) == []
-    assert await redis.get(CLAIM) is None  # released: the retry makes the book
-    monkeypatch.undo()
+    monkeypatch.setattr(redis, "hset", real_hset)
     book, replayed = await books.create_once(CreateBook(name="lost"), MAKER)
-    assert not replayed and await redis.hgetall("cb:books") == {book.id: "2"}
+
+    assert (f"fp-create {book.id}", replayed) == (held, False)
+    assert list(await redis.hgetall("cb:books")) == [book.id]
+    assert await redis.get(CLAIM) == f"fp-create {book.id} made"
 
 
-async def test_a_failed_create_leaves_another_book_on_its_number_alone(books, redis, monkeypatch):
-    """The number it drew was taken meanwhile: the meta there is not its own."""
-    other = await books.create(CreateBook(name="other"))
-    await redis.set("cb:book-seq", 0)
-    real_exists = redis.exists
-
-    async def number_looks_free(*keys: str) -> int:
-        return 0 if keys == ("cb:{book:1}:meta",) else await real_exists(*keys)
-
-    monkeypatch.setattr(redis, "exists", number_looks_free)
-    with pytest.raises(errors.Conflict):
-        await books.create(CreateBook(name="late"))
-
-    assert (await books.get(other.id)).name == "other"
-    assert await redis.hgetall("cb:books") == {other.id: "1"}
-
-
-async def test_a_create_whose_initial_codes_fail_is_finished_by_its_retry(
+async def test_a_retry_makes_the_initial_codes_a_failed_create_did_not(
         books, redis, monkeypatch):
-    """The book exists once its codes are being made: the key is marked
-    unfinished, and the retry makes the codes still missing in that book."""
     real_generate = books._generate
 
     async def fails_half_way(book, pattern, count):
@@ -454,47 +418,63 @@ async def test_a_create_whose_initial_codes_fail_is_finished_by_its_retry(
     req = CreateBook(name="half", initialCouponAmount=10, codePattern="H-####")
     with pytest.raises(errors.ServiceUnavailable):
         await books.create_once(req, MAKER)
-    [book_id] = (await redis.hgetall("cb:books")).keys()
-    assert await redis.get(CLAIM) == f"fp-create {book_id} unfinished"
-    assert 3600 * 1000 < await redis.pttl(CLAIM) <= 24 * 3600 * 1000
+    assert await redis.scard("cb:{book:1}:free") == 5
 
     monkeypatch.undo()
     book, replayed = await books.create_once(req, MAKER)
 
-    assert (book.id, replayed) == (book_id, True)
-    assert book.counts.total == book.counts.available == 10
+    assert not replayed and book.counts.total == book.counts.available == 10
     assert await redis.scard("cb:{book:1}:free") == 10
-    assert await redis.get(CLAIM) == f"fp-create {book_id} made"
     assert await redis.hlen("cb:books") == 1
 
 
-async def test_an_unfinished_create_is_finished_by_one_retry_at_a_time(books, redis):
-    """The retry that takes the claim over holds it: another gets the 409."""
-    book = await books.create(CreateBook(name="taken over"))
-    await redis.set(CLAIM, f"fp-create {book.id} unfinished")
-
-    first = await books_module.claim_book_id(books.store, MAKER, "unused-id")
+async def test_one_request_at_a_time_makes_a_keys_book(books, redis):
+    """Who holds the lease makes the book; a retry meanwhile gets the 409, and
+    takes over once the lease lapses (its holder died)."""
+    first = await books_module.claim_book_id(books.store, MAKER, "book-a", "token-1")
     with pytest.raises(errors.IdempotencyKeyInProgress):
-        await books_module.claim_book_id(books.store, MAKER, "unused-id")
+        await books_module.claim_book_id(books.store, MAKER, "book-b", "token-2")
+    assert 0 < await redis.pttl(LEASE) <= 30_000
 
-    assert first == (book.id, books_module.BookState.UNFINISHED)
-    assert await redis.get(CLAIM) == f"fp-create {book.id}"
-    assert 0 < await redis.pttl(CLAIM) <= 30_000
+    await redis.delete(LEASE)  # lapsed
+    taken_over = await books_module.claim_book_id(books.store, MAKER, "book-c", "token-3")
+
+    assert first == ("book-a", books_module.Claimed.NEW)
+    assert taken_over == ("book-a", books_module.Claimed.RESUME)
+    assert await redis.get(LEASE) == "token-3"
 
 
-async def test_a_made_book_is_answered_even_if_its_claim_cannot_be_marked(
+async def test_a_create_whose_lease_was_taken_over_leaves_the_key_to_the_taker(
+        books, redis, monkeypatch):
+    real_make = books._make
+
+    async def lapses_then_makes(req, book_id, pattern, resuming=False):
+        await redis.set(LEASE, "the-retry's-token", px=30_000)
+        return await real_make(req, book_id, pattern, resuming)
+
+    monkeypatch.setattr(books, "_make", lapses_then_makes)
+    book, _ = await books.create_once(CreateBook(name="slow"), MAKER)
+
+    assert await redis.get(CLAIM) == f"fp-create {book.id}"  # the taker marks it
+    assert await redis.get(LEASE) == "the-retry's-token"
+
+
+async def test_a_made_book_is_answered_even_if_its_key_cannot_be_marked(
         books, store, redis, monkeypatch):
     """The book is made and durable: failing to mark the key is no reason to
-    tell the client otherwise (it would retry and make another)."""
+    tell the client otherwise, and the key still names the book."""
     real_run = store.run
 
     async def marking_fails(name, keys, args=()):
-        if name == "settle_claim" and str(args[1]).endswith(" made"):
+        if name == "settle_create" and args[1] == "made":
             raise RedisConnectionError("connection to Redis lost")
         return await real_run(name, keys, args)
 
     monkeypatch.setattr(store, "run", marking_fails)
     book, replayed = await books.create_once(CreateBook(name="made"), MAKER)
+    monkeypatch.undo()
+    await redis.delete(LEASE)  # lapsed
+    again, _ = await books.create_once(CreateBook(name="made"), MAKER)
 
-    assert not replayed and (await books.get(book.id)).name == "made"
-    assert await redis.get(CLAIM) == f"fp-create {book.id}"  # lapses by itself
+    assert not replayed and again.id == book.id
+    assert await redis.hlen("cb:books") == 1

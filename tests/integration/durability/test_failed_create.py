@@ -1,16 +1,17 @@
-"""A create that fails part-way, on a real Redis and Postgres: a client told
-it failed finds no book left behind, and a retry with its Idempotency-Key
-finishes the book it began instead of making a second one."""
+"""A create with an Idempotency-Key that fails part-way, on a real Redis and
+Postgres: its retry goes on with the same book, whatever step failed, so the
+key makes one book, complete and the same in both stores."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from couponsvc import errors
+from couponsvc import errors, loads
 from couponsvc.coupons import Idempotency
 from couponsvc.schemas import CreateBook
 
@@ -19,74 +20,92 @@ from .conftest import Service
 pytestmark = pytest.mark.integration
 
 KEY = Idempotency("ops", "create-1", "fp-create-1")
+CODES = 40
+REQUEST = CreateBook(name="retried", initialCouponAmount=CODES, codePattern="R-#######")
 
 
-async def _book_rows(service: Service) -> list[tuple[str, str, int]]:
-    rows = await service.pool.fetch(
-        "SELECT b.id::text, b.name, count(c.code) AS codes FROM books b"
-        " LEFT JOIN codes c ON c.book_id = b.id GROUP BY b.id, b.name ORDER BY b.name")
-    return [(row["id"], row["name"], row["codes"]) for row in rows]
+def _insert_committed_then_lost(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The book's row is committed; the answer never reaches the API."""
+    records = service.books.records
+    assert records is not None
+    real_insert = records.insert_book
+
+    async def insert(row: Any) -> None:
+        await real_insert(row)
+        raise errors.ServiceUnavailable("Postgres did not answer")
+
+    monkeypatch.setattr(records, "insert_book", insert)
 
 
-async def test_a_create_whose_index_write_fails_leaves_no_book(
-        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def lost(*_: Any, **__: Any) -> None:
-        raise RedisConnectionError("connection to Redis lost")
-
-    monkeypatch.setattr(service.redis, "hset", lost)
-    with pytest.raises(RedisConnectionError):
-        await service.books.create(CreateBook(name="never"))
-    monkeypatch.undo()
-
-    assert await _book_rows(service) == []
-    assert await service.redis.hlen(service.keys.books) == 0
-    assert await service.verify() == []
-
-
-async def test_a_create_whose_script_ran_but_answered_too_late_leaves_no_book(
-        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ambiguous failure: create_book.lua ran, its reply never came."""
+def _script_ran_answer_lost(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     real_run = service.store.run
 
-    async def answer_lost(name: str, keys: Any, args: Any = ()) -> Any:
+    async def run(name: str, keys: Any, args: Any = ()) -> Any:
         reply = await real_run(name, keys, args)
         if name == "create_book":
             raise RedisTimeoutError("Redis did not answer in time")
         return reply
 
-    monkeypatch.setattr(service.store, "run", answer_lost)
-    with pytest.raises(RedisTimeoutError):
-        await service.books.create(CreateBook(name="late"))
-    monkeypatch.undo()
-
-    assert await _book_rows(service) == []
-    number = int(await service.redis.get(service.keys.book_seq))
-    assert await service.redis.exists(service.keys.book(number).meta,
-                                      service.keys.book(number).events) == 0
-    assert await service.verify() == []
+    monkeypatch.setattr(service.store, "run", run)
 
 
-async def test_a_retry_finishes_a_create_whose_codes_failed_part_way(
-        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+def _index_write_fails(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def hset(*_: Any, **__: Any) -> None:
+        raise RedisConnectionError("connection to Redis lost")
+
+    monkeypatch.setattr(service.redis, "hset", hset)
+
+
+def _codes_recorded_but_not_added(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each chunk is committed in Postgres, then Redis fails to add it."""
+    async def add(*_: Any) -> None:
+        raise RedisConnectionError("connection to Redis lost")
+
+    monkeypatch.setattr(loads, "add", add)
+
+
+def _codes_half_made(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     books = service.books
     real_generate = books._generate
 
-    async def fails_half_way(book: Any, pattern: str, count: int) -> Any:
+    async def generate(book: Any, pattern: str, count: int) -> Any:
         await real_generate(book, pattern, count // 2)
         raise errors.ServiceUnavailable("Postgres did not answer")
 
-    monkeypatch.setattr(books, "_generate", fails_half_way)
-    req = CreateBook(name="half", initialCouponAmount=40, codePattern="HALF-#####")
-    with pytest.raises(errors.ServiceUnavailable):
-        await books.create_once(req, KEY)
-    [(book_id, _, codes)] = await _book_rows(service)
-    assert codes == 20
+    monkeypatch.setattr(books, "_generate", generate)
+
+
+FAILURES: dict[str, Callable[[Service, pytest.MonkeyPatch], None]] = {
+    "insert committed, answer lost": _insert_committed_then_lost,
+    "create_book ran, answer lost": _script_ran_answer_lost,
+    "index write fails": _index_write_fails,
+    "codes recorded, not added to Redis": _codes_recorded_but_not_added,
+    "half the codes made": _codes_half_made,
+}
+
+
+async def _book_rows(service: Service) -> list[tuple[str, int]]:
+    rows = await service.pool.fetch(
+        "SELECT b.id::text, count(c.code) AS codes FROM books b"
+        " LEFT JOIN codes c ON c.book_id = b.id GROUP BY b.id")
+    return [(row["id"], row["codes"]) for row in rows]
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_the_retry_of_a_create_that_failed_part_way_makes_one_whole_book(
+        service: Service, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    FAILURES[failure](service, monkeypatch)
+    with pytest.raises((errors.ServiceUnavailable, RedisConnectionError, RedisTimeoutError)):
+        await service.books.create_once(REQUEST, KEY)
     monkeypatch.undo()
 
-    book, replayed = await books.create_once(req, KEY)
+    book, replayed = await service.books.create_once(REQUEST, KEY)
+    again, replayed_again = await service.books.create_once(REQUEST, KEY)
     await service.drain()
 
-    assert (book.id, replayed, book.counts.total, book.counts.available) == \
-        (book_id, True, 40, 40)
-    assert await _book_rows(service) == [(book_id, "half", 40)]
+    assert (replayed, replayed_again, again.id) == (False, True, book.id)
+    assert (book.counts.total, book.counts.available) == (CODES, CODES)
+    assert await _book_rows(service) == [(book.id, CODES)]
+    assert await service.redis.hgetall(service.keys.books) == \
+        {book.id: str(await service.number(book.id))}
     assert await service.verify() == []
