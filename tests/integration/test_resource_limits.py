@@ -104,6 +104,67 @@ def test_a_body_that_stalls_is_cut_off(limited_stack: Stack) -> None:
     assert "unhandled error" not in limited_stack.api.log()
 
 
+def problem_of(raw: bytes, status: int, slug: str) -> None:
+    """A whole response, written below the app, that closed the connection."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), raw
+    assert b"content-type: application/problem+json" in head.lower(), raw
+    assert b"connection: close" in head.lower(), raw
+    response = httpx.Response(status, headers={"content-type": "application/problem+json"},
+                              content=body)
+    assert_problem(response, status, slug)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /users/\xffal\x00ice/coupons HTTP/1.1\r\nHost: x\r\n\r\n",  # bytes no path holds
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Note: a\x00b\r\n\r\n",  # NUL in a header
+    b"POST /coupons HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",  # bad framing
+    b"BREW /coupons HTTP/1.1\r\nHost: x\r\n\r\n",  # no such method
+])
+def test_a_request_the_http_parser_refuses_is_a_400_problem(
+        limited_stack: Stack, request_bytes: bytes) -> None:
+    """uvicorn answers these itself, before the app: text/plain unless told."""
+    with connect(limited_stack) as sock:
+        sock.sendall(request_bytes)
+        problem_of(read_until_closed(sock), 400, "invalid-request")
+
+
+def test_a_request_head_over_64_kib_is_a_431_problem(limited_stack: Stack) -> None:
+    """httptools sets no limit: without one, megabytes of headers are read
+    (and a token cache keyed on them would keep them)."""
+    padding = b"X-Padding: " + b"a" * 8000 + b"\r\n"
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + padding * 9 + b"\r\n"
+    with connect(limited_stack) as sock:
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed before the rest was read
+        problem_of(read_until_closed(sock), 431, "request-header-too-large")
+    with connect(limited_stack) as sock:  # just under the limit is served
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     + padding * 7 + b"\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_client_that_hangs_up_on_pipelined_requests_leaves_no_error_in_the_log(
+        limited_stack: Stack) -> None:
+    """Requests queued behind one that waits on Redis: uvicorn marked only the
+    last one read as disconnected, and the first was answered into a closed
+    socket (a traceback per connection)."""
+    logged_before = len(limited_stack.api.log())
+    for _ in range(5):
+        with connect(limited_stack) as sock:
+            sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    time.sleep(0.5)  # let the queued requests finish
+    with connect(limited_stack) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+    logged = limited_stack.api.log()[logged_before:]
+    for marker in ("unhandled error", "Traceback", "Exception in ASGI application"):
+        assert marker not in logged, logged
+
+
 def requests_counted(stack: Stack, method: str, route: str) -> float:
     """The API's request counter for one route, summed over statuses."""
     scrape = httpx.get(f"{stack.api.base_url}/metrics", timeout=SOCKET_TIMEOUT_SECONDS)
