@@ -17,6 +17,12 @@ from couponsvc.errors import Forbidden, Unauthorized
 from couponsvc.settings import Settings
 
 TOKEN_CACHE_LIMIT = 10_000
+# Only headers this short are cached (tokens are a few hundred bytes), so the
+# cache stays under TOKEN_CACHE_LIMIT x this however clients pad theirs.
+CACHED_HEADER_LIMIT = 4096
+# An exp past this (the year 5138) is refused: it is no real expiry, and
+# much larger integers do not even convert to a float.
+LATEST_EXP = 10**11
 ADMIN = "coupons:admin"
 WRITE = "coupons:write"
 
@@ -66,9 +72,10 @@ class TokenVerifier:
         if cached is not None and cached[1] > time.time():
             return cached[0]
         principal, expires = self._verify(authorization)
-        if len(self._cache) >= TOKEN_CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[authorization or ""] = (principal, expires)
+        if authorization and len(authorization) <= CACHED_HEADER_LIMIT:
+            if len(self._cache) >= TOKEN_CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[authorization] = (principal, expires)
         return principal
 
     def _verify(self, authorization: str | None) -> tuple[Principal, float]:
@@ -92,12 +99,26 @@ class TokenVerifier:
             raise Unauthorized("the token has expired") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
-        sub, scope = claims.get("sub"), claims.get("scope", "")
-        if not isinstance(sub, str) or not sub:
+        sub, scope, exp = claims.get("sub"), claims.get("scope", ""), claims["exp"]
+        if not isinstance(sub, str) or not sub or not _is_unicode(sub):
             raise Unauthorized("the token's sub claim must be a non-empty string")
-        if not isinstance(scope, str):
+        if not isinstance(scope, str) or not _is_unicode(scope):
             raise Unauthorized("the token's scope claim must be a space-separated string")
-        return Principal(sub=sub, scopes=frozenset(scope.split())), float(claims["exp"])
+        if exp > LATEST_EXP:
+            raise Unauthorized("the token's exp claim is too far in the future")
+        # Space-separated (RFC 8693), not split on any Unicode white space.
+        scopes = frozenset(name for name in scope.split(" ") if name)
+        return Principal(sub=sub, scopes=scopes), float(exp)
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string with a lone surrogate (JSON's "\\ud800" decodes to
+    one): it cannot be written as UTF-8, so not into a Redis key either."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def issue_token(settings: Settings, sub: str, scope: str = "", ttl_seconds: int = 3600) -> str:

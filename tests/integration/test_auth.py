@@ -51,6 +51,10 @@ def _authorization(case: str, server: ApiServer) -> str | None:
         "not-yet-valid": lambda: f"Bearer {server.token('admin', ADMIN, nbf=time.time() + 600)}",
         "scope-not-a-string": lambda: f"Bearer {server.token('admin', [ADMIN])}",
         "unexpected-audience": lambda: f"Bearer {server.token('admin', ADMIN, aud='elsewhere')}",
+        # Signed, but not Unicode: no Redis key (rate limits, idempotency) can hold it.
+        "lone-surrogate-sub": lambda: "Bearer " + server.token("admin-\ud800", ADMIN),
+        # Past any float (exp's seconds were read as one: a 500).
+        "exp-beyond-floats": lambda: f"Bearer {server.token('admin', ADMIN, exp=10**400)}",
     }
     return tokens[case]()
 
@@ -58,7 +62,7 @@ def _authorization(case: str, server: ApiServer) -> str | None:
 BAD_CREDENTIALS = ["no-header", "empty-bearer", "basic-scheme", "token-without-scheme",
                    "garbage", "alg-none", "wrong-key", "hs512", "expired", "missing-sub",
                    "empty-sub", "missing-exp", "not-yet-valid", "scope-not-a-string",
-                   "unexpected-audience"]
+                   "unexpected-audience", "lone-surrogate-sub", "exp-beyond-floats"]
 
 
 # RFC 6750 section 3.1: no error code when the request carried no credentials,
@@ -69,7 +73,7 @@ INVALID_TOKEN_CHALLENGE = 'Bearer error="invalid_token"'
 # none, or no Bearer scheme: only the challenge's scheme is checked for those).
 INVALID_TOKENS = ["garbage", "alg-none", "wrong-key", "hs512", "expired", "missing-sub",
                   "empty-sub", "missing-exp", "not-yet-valid", "scope-not-a-string",
-                  "unexpected-audience"]
+                  "unexpected-audience", "lone-surrogate-sub", "exp-beyond-floats"]
 
 
 def assert_unauthorized(response: httpx.Response) -> dict[str, Any]:
@@ -84,6 +88,18 @@ async def test_bad_credentials_are_401(api: Api, case: str) -> None:
     headers = {} if header is None else {"Authorization": header}
 
     response = await api.client.post("/coupons", json={"name": "never"}, headers=headers)
+
+    assert_unauthorized(response)
+
+
+async def test_an_end_user_whose_sub_is_not_unicode_is_401_on_an_assign(api: Api) -> None:
+    """Rate limits key their counters on the caller: such a sub was a 500 there."""
+    book, _ = await api.book_with_codes(1)
+    sub = "user-\udcff"  # what `couponsvc token --sub $'user-\xff'` signs
+    token = api.server.token(sub)
+
+    response = await api.post("/coupons/assign", {"couponBookId": book["id"], "userId": "user-x"},
+                              token=token, headers={"Idempotency-Key": "k-1"})
 
     assert_unauthorized(response)
 

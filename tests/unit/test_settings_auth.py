@@ -269,6 +269,12 @@ BAD_HEADERS = {
     "number-sub": lambda: bearer(jwt.encode(claims(sub=42), SECRET)),
     "scope-list": lambda: bearer(jwt.encode(claims(scope=[ADMIN]), SECRET)),
     "bad-signature": lambda: bearer(jwt.encode(claims(), SECRET)[:-4] + "AAAA"),
+    # Signed, but a lone surrogate cannot be written as UTF-8 (a Redis key).
+    "lone-surrogate-sub": lambda: bearer(hs256_with(SECRET.encode(), claims(sub="al\ud800"))),
+    "lone-surrogate-scope": lambda: bearer(hs256_with(SECRET.encode(),
+                                                      claims(scope=f"{ADMIN}\udfff"))),
+    # Past any float: float(exp) raised OverflowError (a 500).
+    "exp-beyond-floats": lambda: bearer(hs256_with(SECRET.encode(), claims(exp=10**400))),
 }
 
 
@@ -279,6 +285,29 @@ def test_bad_tokens_are_unauthorized(hs_settings, make_header):
 
     assert caught.value.status == 401
     assert caught.value.headers()["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_scopes_are_separated_by_spaces_only(hs_settings):
+    """RFC 8693: a space, not any Unicode white space, separates scopes."""
+    token = jwt.encode(claims(scope=f"{ADMIN}\u3000{WRITE}\t{WRITE}"), SECRET)
+
+    principal = TokenVerifier(hs_settings).verify(bearer(token))
+
+    assert principal.scopes == frozenset({f"{ADMIN}\u3000{WRITE}\t{WRITE}"})
+    assert not principal.acts_for_anyone
+
+
+def test_only_short_headers_are_cached(hs_settings):
+    """However a client pads its header, the cache keeps no more than
+    TOKEN_CACHE_LIMIT short ones."""
+    verifier = TokenVerifier(hs_settings)
+    token = jwt.encode(claims(), SECRET)
+
+    padded = [f"Bearer{' ' * n}{token}" for n in (5000, 5001)]
+    for header in [*padded, bearer(token)]:
+        assert verifier.verify(header).sub == "alice"
+
+    assert list(verifier._cache) == [bearer(token)]
 
 
 def test_audience_and_issuer_when_configured():
