@@ -15,10 +15,13 @@ replay); while another request holds the lease, a 409
 `idempotency-key-in-progress` with Retry-After; otherwise (the first failed
 part-way, or died) it takes the lease and makes the same book, every step of
 which can be done again (`Books._make`). The book's id never changes for the
-window, so one key never makes two books. Another request with the key:
+window. Another request with the key:
 409 `idempotency-key-reused`.
 
-`claim_create.lua` and `settle_create.lua` do each of these in one step.
+`claim_create.lua` and `settle_create.lua` do each of these in one step. A
+request that stalled past its lease while a retry took over stops at its
+next step (`Lease.keep`). One key makes one book as long as Redis keeps the
+key: like every idempotency record, it is not in Postgres.
 Every write waits for replicas like any other change (`durable`).
 """
 
@@ -30,6 +33,7 @@ import enum
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from couponsvc import errors
 from couponsvc.coupons import Idempotency
@@ -54,10 +58,18 @@ async def claim_book_id(store: Store, idem: Idempotency, book_id: str,
                         token: str) -> tuple[str, Claimed]:
     """The key's book and what to do with it. For NEW and RESUME this request
     now holds the key's lease, under `token`."""
-    outcome, bound = await store.run(
-        "claim_create", _keys(store, idem),
-        [idem.fingerprint, book_id, store.settings.idempotency_ttl_seconds * 1000,
-         token, LEASE_SECONDS * 1000])
+    keys = _keys(store, idem)
+    try:
+        outcome, bound = await store.run(
+            "claim_create", keys,
+            [idem.fingerprint, book_id, store.settings.idempotency_ttl_seconds * 1000,
+             token, LEASE_SECONDS * 1000])
+    except Exception:
+        # The script may have run (a reply lost): give the lease up, or every
+        # retry would wait for it to lapse.
+        with contextlib.suppress(Exception):
+            await Lease(store, idem, book_id, token).settle("release")
+        raise
     if outcome == "reused":
         raise errors.IdempotencyKeyReused()
     if outcome == "busy":
@@ -70,37 +82,59 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
+@dataclass
+class Lease:
+    """This request's hold on making the key's book."""
+
+    store: Store
+    idem: Idempotency
+    book_id: str
+    token: str
+
+    async def settle(self, action: str, expiry_ms: int = 0) -> bool:
+        reply = await self.store.run("settle_create", _keys(self.store, self.idem),
+                                     [self.token, action, expiry_ms, self.idem.fingerprint,
+                                      self.book_id])
+        return bool(reply)
+
+    async def keep(self) -> None:
+        """Renews the lease; if another request has taken it over (this one
+        stalled past LEASE_SECONDS), stops this one before it writes more."""
+        if not await self.settle("renew", LEASE_SECONDS * 1000):
+            raise errors.IdempotencyKeyInProgress(
+                "another request with this Idempotency-Key took over making its book",
+                retry_after=1)
+
+
 @contextlib.asynccontextmanager
 async def holding_lease(store: Store, idem: Idempotency, book_id: str,
-                        token: str) -> AsyncIterator[None]:
-    """Keeps the lease while the book is made (renewing it), then marks the
-    book made; on a failure, gives the lease up so a retry can go on at once."""
-    keys = _keys(store, idem)
-
-    async def settle(action: str, expiry_ms: int = 0) -> bool:
-        return bool(await store.run("settle_create", keys, [token, action, expiry_ms]))
+                        token: str) -> AsyncIterator[Lease]:
+    """Keeps the lease while the book is made (renewing it in the background;
+    the create also calls `Lease.keep` between its steps), then marks the book
+    made; on a failure, gives the lease up so a retry can go on at once."""
+    lease = Lease(store, idem, book_id, token)
 
     async def renew() -> None:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 3)
             try:
-                await settle("renew", LEASE_SECONDS * 1000)
+                await lease.settle("renew", LEASE_SECONDS * 1000)
             except Exception:  # the next renewal may get through; the create goes on
                 log.warning("could not renew the Idempotency-Key lease of book %s", book_id,
                             exc_info=True)
 
     renewing = asyncio.create_task(renew())
     try:
-        yield
+        yield lease
     except BaseException:
         renewing.cancel()
         # Not given up, it lapses in LEASE_SECONDS: the retry waits that long.
         with contextlib.suppress(Exception):  # the error being raised matters more
-            await settle("release")
+            await lease.settle("release")
         raise
     renewing.cancel()
     try:
-        marked = await settle("made", store.settings.idempotency_ttl_seconds * 1000)
+        marked = await lease.settle("made", store.settings.idempotency_ttl_seconds * 1000)
     except Exception:
         # The book is made and durable: answer with it. Unmarked, the key
         # still names this book, so a retry makes nothing new either.
@@ -108,8 +142,8 @@ async def holding_lease(store: Store, idem: Idempotency, book_id: str,
                     book_id, exc_info=True)
         return
     if not marked:
-        log.info("book %s was made while another request held its Idempotency-Key's lease",
-                 book_id)
+        log.warning("book %s was made, but its Idempotency-Key is another request's now",
+                    book_id)
 
 
 def _keys(store: Store, idem: Idempotency) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import cast
 
@@ -11,7 +11,7 @@ import asyncpg
 
 from couponsvc import codes as coderules
 from couponsvc import errors, loads
-from couponsvc.book_claims import Claimed, claim_book_id, holding_lease, new_token
+from couponsvc.book_claims import Claimed, Lease, claim_book_id, holding_lease, new_token
 from couponsvc.coupons import Idempotency
 from couponsvc.instants import datetime_to_ms, ms_to_datetime
 from couponsvc.records import BookRow, Records
@@ -55,24 +55,27 @@ class Books:
         book_id, claimed = await claim_book_id(self.store, idem, book_id, token)
         if claimed is Claimed.MADE:
             return await self.get(book_id), True
-        async with holding_lease(self.store, idem, book_id, token):
-            return await self._make(req, book_id, pattern,
+        async with holding_lease(self.store, idem, book_id, token) as lease:
+            return await self._make(req, book_id, pattern, lease,
                                     resuming=claimed is Claimed.RESUME), False
 
     async def _make(self, req: CreateBook, book_id: str, pattern: str,
-                    resuming: bool = False) -> Book:
+                    lease: Lease | None = None, resuming: bool = False) -> Book:
         """Makes the book, or finishes making it: run again with the same id
         (`resuming`: a retry with the create's Idempotency-Key), each step
         finds what an earlier attempt did and does only the rest. Postgres
-        comes first, so an answered create is durable."""
+        comes first, so an answered create is durable. With a `lease`, each
+        step first checks that no other request has taken the work over."""
+        keep = lease.keep if lease is not None else _go_on
         book, fresh = await self._number(req, book_id, resuming)
+        await keep()
         await self._make_usable(book, req)
         if req.initialCouponAmount:
-            have = 0 if fresh else await self._codes_so_far(book)
+            have = 0 if fresh else await self._codes_so_far(book, keep)
             if have < req.initialCouponAmount:
                 # A shortfall still answers 201: the book exists either way,
                 # and its counts say how many codes were made.
-                await self._generate(book, pattern, req.initialCouponAmount - have)
+                await self._generate(book, pattern, req.initialCouponAmount - have, keep)
         return await self.get(book.id)
 
     async def _number(self, req: CreateBook, book_id: str,
@@ -133,18 +136,19 @@ class Books:
             raise errors.Conflict(f"book number {book.number} was taken meanwhile; retry")
         await store.redis.hset(store.keys.books, book.id, book.number)
 
-    async def _codes_so_far(self, book: Located) -> int:
-        """The codes an earlier attempt gave the book. With Postgres, those it
-        recorded there: any a failure kept out of Redis are added now."""
-        if self.records is None:
-            return (await self.get(book.id)).counts.total
-        recorded = await self.records.book_codes(book.id)
-        if len(recorded) > (await self.get(book.id)).counts.total:
-            # Those already in Redis are left as they are.
-            step = self.store.settings.max_upload_codes
-            for start in range(0, len(recorded), step):
-                await self.upload(book.id, recorded[start:start + step])
-        return len(recorded)
+    async def _codes_so_far(self, book: Located, keep: Callable[[], Awaitable[None]]) -> int:
+        """The codes the book holds in Redis, after adding any an earlier
+        attempt recorded in Postgres but did not get into Redis (such codes
+        are unassigned: nobody could draw them). Codes already in Redis are
+        left as they are."""
+        if self.records is not None:
+            recorded = await self.records.unassigned_codes(book.id)
+            if len(recorded) > (await self.get(book.id)).counts.available:
+                step = self.store.settings.max_upload_codes
+                for start in range(0, len(recorded), step):
+                    await keep()
+                    await self.upload(book.id, recorded[start:start + step])
+        return (await self.get(book.id)).counts.total
 
     async def get(self, book_id: str) -> Book:
         book = await self.store.book(book_id)
@@ -212,7 +216,9 @@ class Books:
                 f"pattern {pattern!r} has no unused codes left to find; use a longer pattern")
         return result
 
-    async def _generate(self, book: Located, pattern: str, count: int) -> UploadResult:
+    async def _generate(self, book: Located, pattern: str, count: int,
+                        before_round: Callable[[], Awaitable[None]] | None = None,
+                        ) -> UploadResult:
         outcome = loads.LoadOutcome()
         store, records = self.store, self.records
 
@@ -231,6 +237,8 @@ class Books:
             need = count - len(outcome.added)
             if need == 0:
                 break
+            if before_round is not None:
+                await before_round()
             # Codes that collide (taken anywhere) are silently redrawn. Each
             # round is durable before the next: the codes it found are kept
             # even if later rounds find no more.
@@ -243,6 +251,10 @@ class Books:
         if count > limit:
             raise errors.InvalidRequest(f"{field_name}: at most {limit} codes per request",
                                         field=field_name)
+
+async def _go_on() -> None:
+    """A create without an Idempotency-Key has no lease to keep."""
+
 
 def _book_row(book: Located, req: CreateBook) -> BookRow:
     return BookRow(

@@ -58,9 +58,10 @@ class Records:
             "SELECT num FROM books WHERE id = $1", book_id)
         return number
 
-    async def book_codes(self, book_id: str) -> list[str]:
-        """Every code of the book (a create's retry compares them with Redis)."""
-        rows = await self.pool.fetch("SELECT code FROM codes WHERE book_id = $1", book_id)
+    async def unassigned_codes(self, book_id: str) -> list[str]:
+        """The book's codes nobody holds (a create's retry compares them with Redis)."""
+        rows = await self.pool.fetch(
+            "SELECT code FROM codes WHERE book_id = $1 AND owner IS NULL", book_id)
         return [row["code"] for row in rows]
 
     async def claim_codes(self, book_id: str, codes: Sequence[str],

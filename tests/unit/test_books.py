@@ -410,8 +410,8 @@ async def test_a_retry_makes_the_initial_codes_a_failed_create_did_not(
         books, redis, monkeypatch):
     real_generate = books._generate
 
-    async def fails_half_way(book, pattern, count):
-        await real_generate(book, pattern, count // 2)
+    async def fails_half_way(book, pattern, count, before_round=None):
+        await real_generate(book, pattern, count // 2, before_round)
         raise errors.ServiceUnavailable("Postgres did not answer")
 
     monkeypatch.setattr(books, "_generate", fails_half_way)
@@ -444,19 +444,100 @@ async def test_one_request_at_a_time_makes_a_keys_book(books, redis):
     assert await redis.get(LEASE) == "token-3"
 
 
-async def test_a_create_whose_lease_was_taken_over_leaves_the_key_to_the_taker(
+async def test_a_create_whose_lease_was_taken_over_stops_before_its_next_step(
         books, redis, monkeypatch):
-    real_make = books._make
+    """It stalled past its lease and a retry took the work over: it writes no
+    more (else the book would get its codes twice), and answers the 409 that
+    sends its client to retry."""
+    real_number = books._number
 
-    async def lapses_then_makes(req, book_id, pattern, resuming=False):
+    async def stalls(req, book_id, resuming):
+        numbered = await real_number(req, book_id, resuming)
         await redis.set(LEASE, "the-retry's-token", px=30_000)
-        return await real_make(req, book_id, pattern, resuming)
+        return numbered
 
-    monkeypatch.setattr(books, "_make", lapses_then_makes)
-    book, _ = await books.create_once(CreateBook(name="slow"), MAKER)
+    monkeypatch.setattr(books, "_number", stalls)
+    with pytest.raises(errors.IdempotencyKeyInProgress):
+        await books.create_once(CreateBook(name="slow", initialCouponAmount=5), MAKER)
 
-    assert await redis.get(CLAIM) == f"fp-create {book.id}"  # the taker marks it
+    assert await redis.keys("cb:{book:*:meta") == []
+    held = await redis.get(CLAIM)
+    assert held.startswith("fp-create ") and not held.endswith(" made")
     assert await redis.get(LEASE) == "the-retry's-token"
+
+
+async def test_a_create_stops_once_a_retry_has_made_its_book(books, redis, monkeypatch):
+    """A retry took over, made the book and let the lease go: the stalled
+    first request must not take the free lease back and add codes."""
+    real_generate = books._generate
+    calls = 0
+
+    async def first_stalls_while_the_retry_works(book, pattern, count, before_round=None):
+        nonlocal calls
+        calls += 1
+        if calls > 1:  # the retry's own generation
+            return await real_generate(book, pattern, count, before_round)
+        await real_generate(book, pattern, count // 2, before_round)
+        await redis.delete(LEASE)  # lapsed while this one stalled
+        retry, _ = await books.create_once(req, MAKER)
+        assert retry.counts.total == 10
+        return await real_generate(book, pattern, count - count // 2, before_round)
+
+    req = CreateBook(name="both", initialCouponAmount=10, codePattern="B-####")
+    monkeypatch.setattr(books, "_generate", first_stalls_while_the_retry_works)
+    with pytest.raises(errors.IdempotencyKeyInProgress):
+        await books.create_once(req, MAKER)
+
+    assert await redis.scard("cb:{book:1}:free") == 10
+    assert (await redis.get(CLAIM)).endswith(" made")
+
+
+async def test_a_claim_from_before_leases_is_left_to_its_maker(books, redis):
+    """An older version kept an unmarked claim for 30 s, renewed by the
+    request making the book, and no lease: that request may be at work."""
+    await redis.set(CLAIM, "fp-create book-a", px=30_000)
+
+    with pytest.raises(errors.IdempotencyKeyInProgress):
+        await books.create_once(CreateBook(name="old"), MAKER)
+    assert await redis.get(CLAIM) == "fp-create book-a"
+    assert await redis.exists(LEASE) == 0
+
+
+async def test_a_resume_gives_the_key_a_whole_window_again(books, redis):
+    await redis.set(CLAIM, "fp-create book-a", px=3_600_000)
+
+    resumed = await books_module.claim_book_id(books.store, MAKER, "book-b", "token-1")
+
+    assert resumed == ("book-a", books_module.Claimed.RESUME)
+    assert DAY_MS - 60_000 < await redis.pttl(CLAIM) <= DAY_MS
+
+
+@pytest.mark.parametrize("held", ["fp-checkout", "fp-create another-book"])
+async def test_marking_made_leaves_a_claim_that_is_not_its_own_alone(books, redis, held):
+    """A checkout's claim (a fingerprint alone), or another create's."""
+    await redis.set(CLAIM, held)
+    lease = books_module.Lease(books.store, MAKER, "book-a", "token-1")
+
+    assert not await lease.settle("made", DAY_MS)
+    assert await redis.get(CLAIM) == held
+
+
+async def test_a_lost_claim_reply_gives_the_lease_up(books, store, redis, monkeypatch):
+    """The script ran, its reply never came: retries need not wait 30 s."""
+    real_run = store.run
+
+    async def reply_lost(name, keys, args=()):
+        reply = await real_run(name, keys, args)
+        if name == "claim_create":
+            raise RedisConnectionError("connection to Redis lost")
+        return reply
+
+    monkeypatch.setattr(store, "run", reply_lost)
+    with pytest.raises(RedisConnectionError):
+        await books.create_once(CreateBook(name="lost reply"), MAKER)
+
+    assert await redis.exists(LEASE) == 0
+    assert (await redis.get(CLAIM)).startswith("fp-create ")
 
 
 async def test_a_made_book_is_answered_even_if_its_key_cannot_be_marked(

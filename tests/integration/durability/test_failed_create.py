@@ -68,8 +68,8 @@ def _codes_half_made(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     books = service.books
     real_generate = books._generate
 
-    async def generate(book: Any, pattern: str, count: int) -> Any:
-        await real_generate(book, pattern, count // 2)
+    async def generate(book: Any, pattern: str, count: int, before_round: Any = None) -> Any:
+        await real_generate(book, pattern, count // 2, before_round)
         raise errors.ServiceUnavailable("Postgres did not answer")
 
     monkeypatch.setattr(books, "_generate", generate)
@@ -108,4 +108,35 @@ async def test_the_retry_of_a_create_that_failed_part_way_makes_one_whole_book(
     assert await _book_rows(service) == [(book.id, CODES)]
     assert await service.redis.hgetall(service.keys.books) == \
         {book.id: str(await service.number(book.id))}
+    assert await service.verify() == []
+
+
+async def test_a_create_that_stalled_while_its_retry_made_the_book_adds_nothing(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first request stalls past its lease; the retry takes over and makes
+    the book; the first must then stop, not add its remaining codes."""
+    books = service.books
+    real_generate = books._generate
+    calls = 0
+
+    async def first_stalls(book: Any, pattern: str, count: int, before_round: Any = None) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:  # the retry's own generation
+            return await real_generate(book, pattern, count, before_round)
+        await real_generate(book, pattern, count // 2, before_round)
+        await service.redis.delete(service.keys.idempotency_lease(KEY.caller, KEY.key))
+        retry, _ = await books.create_once(REQUEST, KEY)
+        assert retry.counts.total == CODES
+        return await real_generate(book, pattern, count - count // 2, before_round)
+
+    monkeypatch.setattr(books, "_generate", first_stalls)
+    with pytest.raises(errors.IdempotencyKeyInProgress):
+        await books.create_once(REQUEST, KEY)
+    monkeypatch.undo()
+    book, replayed = await books.create_once(REQUEST, KEY)
+    await service.drain()
+
+    assert (replayed, book.counts.total) == (True, CODES)
+    assert await _book_rows(service) == [(book.id, CODES)]
     assert await service.verify() == []
