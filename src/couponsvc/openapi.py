@@ -144,9 +144,9 @@ def _operation(op: Operation, schema_of: dict[int, Any]) -> dict[str, Any]:
         parameters.append({
             "name": "Idempotency-Key", "in": "header", "required": False,
             "description": "Retries with the same key and request get the first answer "
-                           "(kept 24 hours; for a new book, the book as it is now, or 409 "
-                           "idempotency-key-in-progress while it is being made); the same "
-                           "key with another request is 409.",
+                           "(kept 24 hours by default; for a new book, the book as it is "
+                           "now, or 409 idempotency-key-in-progress while it is being "
+                           "made); the same key with another request is 409.",
             "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY.pattern}$"},
         })
     responses: dict[str, Any] = {}

@@ -15,6 +15,9 @@ DEV_SECRET = "dev-only-secret-do-not-use-in-production"
 # a strong secret; test: the strong secret only; dev: neither (a fixed, public
 # secret stands in).
 ENVIRONMENTS = ("prod", "test", "dev")
+# The span COUPONSVC_IDEMPOTENCY_TTL_SECONDS may take: 5 minutes to 7 days.
+MIN_IDEMPOTENCY_TTL_SECONDS = 300
+MAX_IDEMPOTENCY_TTL_SECONDS = 7 * 24 * 3600
 
 
 class SettingsError(ValueError):
@@ -41,6 +44,8 @@ class Settings:
     key_prefix: str = "cb"
     max_body_bytes: int = 16 * 1024 * 1024
     max_upload_codes: int = 1_000_000
+    # How long an Idempotency-Key and its stored answer are kept: about 700
+    # bytes of Redis per keyed request (docs/scaling.md, "Memory").
     idempotency_ttl_seconds: int = 24 * 3600
     redis_timeout_seconds: float = 2.0
     # Replicas that must confirm each change before it is acknowledged (0: none).
@@ -124,6 +129,9 @@ class Settings:
                                     "COUPONSVC_KEEP_ALIVE_SECONDS"),
             max_upload_codes=_int(get("MAX_UPLOAD_CODES", str(defaults.max_upload_codes)),
                                   "COUPONSVC_MAX_UPLOAD_CODES"),
+            idempotency_ttl_seconds=_int(
+                get("IDEMPOTENCY_TTL_SECONDS", str(defaults.idempotency_ttl_seconds)),
+                "COUPONSVC_IDEMPOTENCY_TTL_SECONDS"),
         )
         settings.validate(uses_jwt_key=uses_jwt_key, serves_api=serves_api)
         return settings
@@ -136,6 +144,13 @@ class Settings:
             raise SettingsError("COUPONSVC_DATABASE_URL is required when COUPONSVC_ENV=prod")
         if self.workers < 1:
             raise SettingsError(f"COUPONSVC_WORKERS must be at least 1, got {self.workers}")
+        if not MIN_IDEMPOTENCY_TTL_SECONDS <= self.idempotency_ttl_seconds \
+                <= MAX_IDEMPOTENCY_TTL_SECONDS:
+            # Under a few minutes a client's own retries outlive the key; a
+            # create's key must also outlast the 30-s hold on making its book.
+            raise SettingsError(
+                f"COUPONSVC_IDEMPOTENCY_TTL_SECONDS must be from {MIN_IDEMPOTENCY_TTL_SECONDS} "
+                f"to {MAX_IDEMPOTENCY_TTL_SECONDS}, got {self.idempotency_ttl_seconds}")
         if self.hot_path_client not in ("resp", "redis-py"):
             raise SettingsError("COUPONSVC_HOT_PATH_CLIENT must be resp or redis-py")
         if not self.key_prefix or any(c in self.key_prefix for c in "{}: "):

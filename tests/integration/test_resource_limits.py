@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
 from .api_client import Api, http_client
-from .names import new_code
+from .names import new_code, new_user
 from .problems import assert_problem
 from .servers import Stack, running_stack
 from .tokens import bearer
@@ -29,6 +30,7 @@ BODY_SECONDS = 1.0
 KEEP_ALIVE_SECONDS = 2
 MAX_UPLOAD_CODES = 5
 MAX_BODY_BYTES = 4096
+IDEMPOTENCY_TTL_SECONDS = 600
 # A broken deadline must show long before this; it only stops a hang.
 SOCKET_TIMEOUT_SECONDS = 15.0
 
@@ -40,7 +42,8 @@ def limited_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                        COUPONSVC_BODY_TIMEOUT_SECONDS=str(BODY_SECONDS),
                        COUPONSVC_KEEP_ALIVE_SECONDS=str(KEEP_ALIVE_SECONDS),
                        COUPONSVC_MAX_UPLOAD_CODES=str(MAX_UPLOAD_CODES),
-                       COUPONSVC_MAX_BODY_BYTES=str(MAX_BODY_BYTES)) as stack:
+                       COUPONSVC_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
+                       COUPONSVC_IDEMPOTENCY_TTL_SECONDS=str(IDEMPOTENCY_TTL_SECONDS)) as stack:
         yield stack
 
 
@@ -285,3 +288,21 @@ async def test_generating_more_codes_than_allowed_is_400(api: Api) -> None:
         token=api.server.admin)
     problem = assert_problem(response, 400, "invalid-request")
     assert str(MAX_UPLOAD_CODES) in problem["detail"]
+
+
+async def test_idempotency_keys_are_kept_for_the_configured_window(
+        api: Api, limited_stack: Stack) -> None:
+    """Each keyed request holds Redis memory for the window: operators size it."""
+    book, _ = await api.book_with_codes(1)
+    response = await api.assign(book["id"], new_user(), headers={"Idempotency-Key": "w-1"})
+    assert response.status_code == 200, response.text
+
+    redis = Redis.from_url(limited_stack.redis.url)
+    try:
+        keys = [key async for key in redis.scan_iter("cb:*idem*")]
+        ttls = [await redis.pttl(key) for key in keys]
+    finally:
+        await redis.aclose()
+    assert len(keys) == 2  # the key's binding and the stored answer
+    assert all((IDEMPOTENCY_TTL_SECONDS - 60) * 1000 < ttl <= IDEMPOTENCY_TTL_SECONDS * 1000
+               for ttl in ttls), ttls

@@ -118,7 +118,8 @@ def test_bad_key_prefix(prefix):
         Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_KEY_PREFIX": prefix})
 
 
-@pytest.mark.parametrize("name", ["PORT", "WORKERS", "MAX_UPLOAD_CODES", "MAX_BODY_BYTES"])
+@pytest.mark.parametrize("name", ["PORT", "WORKERS", "MAX_UPLOAD_CODES", "MAX_BODY_BYTES",
+                                  "IDEMPOTENCY_TTL_SECONDS"])
 def test_integers_must_be_integers(name):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({"COUPONSVC_ENV": "dev", f"COUPONSVC_{name}": "many"})
@@ -130,6 +131,15 @@ def test_workers_default_to_one_and_must_be_positive():
     for bad in ("0", "-1"):
         with pytest.raises(SettingsError, match="COUPONSVC_WORKERS must be at least 1"):
             Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_WORKERS": bad})
+
+
+def test_the_idempotency_window_defaults_to_a_day_and_is_bounded():
+    assert Settings.from_env({"COUPONSVC_ENV": "dev"}).idempotency_ttl_seconds == 86400
+    hour = {"COUPONSVC_ENV": "dev", "COUPONSVC_IDEMPOTENCY_TTL_SECONDS": "3600"}
+    assert Settings.from_env(hour).idempotency_ttl_seconds == 3600
+    for bad in ("299", "604801", "0"):
+        with pytest.raises(SettingsError, match="COUPONSVC_IDEMPOTENCY_TTL_SECONDS must be"):
+            Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_IDEMPOTENCY_TTL_SECONDS": bad})
 
 
 def test_rate_limits_default_on_and_can_be_switched_off():
