@@ -149,6 +149,34 @@ def test_a_request_head_over_64_kib_is_a_431_problem(limited_stack: Stack) -> No
         assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
 
 
+def test_one_endless_header_line_is_a_431_at_once(limited_stack: Stack) -> None:
+    """httptools hands a header over only when its line ends: the limit is
+    counted as bytes arrive, not per header (else one line is read until the
+    head deadline, copied whole on every read)."""
+    with connect(limited_stack) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        started = time.monotonic()
+        try:
+            for _ in range(40):
+                sock.sendall(b"a" * 4096)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed before the rest was read
+        problem_of(read_until_closed(sock), 431, "request-header-too-large")
+    assert time.monotonic() - started < HEAD_SECONDS  # not the head deadline's 408
+
+
+def test_a_refused_request_is_answered_after_the_one_before_it(limited_stack: Stack) -> None:
+    """Pipelined: the answer to the first request comes first, then the
+    refusal of the second, then the connection closes."""
+    with connect(limited_stack) as sock:
+        sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"BREW /coupons HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = read_until_closed(sock)
+    first, _, rest = raw.partition(b"HTTP/1.1 400 ")
+    assert first.startswith(b"HTTP/1.1 200 ") and b"\"redis\":\"ok\"" in first, raw
+    problem_of(b"HTTP/1.1 400 " + rest, 400, "invalid-request")
+
+
 def test_a_client_that_hangs_up_on_pipelined_requests_leaves_no_error_in_the_log(
         limited_stack: Stack) -> None:
     """Requests queued behind one that waits on Redis: uvicorn marked only the
