@@ -8,8 +8,8 @@
 --         (ARGV[3]: the claim's expiry, ms: the idempotency window)
 -- ARGV[4], ARGV[5] the request's fingerprint and the book's id
 -- Returns 1 when done, 0 when another request holds the lease (for 'renew',
--- also when the book was made meanwhile; for 'made', when the key is bound
--- to another request now).
+-- also when the book was made meanwhile or the claim is gone; for 'made',
+-- when the key is bound to another request now).
 local lease = redis.call('GET', KEYS[2])
 if lease and lease ~= ARGV[1] then return 0 end
 local mine = ARGV[4] .. ' ' .. ARGV[5]

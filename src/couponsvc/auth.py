@@ -99,7 +99,8 @@ class TokenVerifier:
             raise Unauthorized("the token has expired") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
-        sub, scope, exp = claims.get("sub"), claims.get("scope", ""), claims["exp"]
+        # pyjwt took int(exp) (a numeric string too) when it checked the expiry.
+        sub, scope, exp = claims.get("sub"), claims.get("scope", ""), int(claims["exp"])
         if not isinstance(sub, str) or not sub or not _is_unicode(sub):
             raise Unauthorized("the token's sub claim must be a non-empty string")
         if not isinstance(scope, str) or not _is_unicode(scope):

@@ -34,6 +34,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Literal
 
 from couponsvc import errors
 from couponsvc.coupons import Idempotency
@@ -64,9 +65,9 @@ async def claim_book_id(store: Store, idem: Idempotency, book_id: str,
             "claim_create", keys,
             [idem.fingerprint, book_id, store.settings.idempotency_ttl_seconds * 1000,
              token, LEASE_SECONDS * 1000])
-    except Exception:
-        # The script may have run (a reply lost): give the lease up, or every
-        # retry would wait for it to lapse.
+    except BaseException:
+        # The script may have run (a reply lost, or this request cancelled):
+        # give the lease up, or every retry would wait for it to lapse.
         with contextlib.suppress(Exception):
             await Lease(store, idem, book_id, token).settle("release")
         raise
@@ -91,7 +92,8 @@ class Lease:
     book_id: str
     token: str
 
-    async def settle(self, action: str, expiry_ms: int = 0) -> bool:
+    async def settle(self, action: Literal["renew", "release", "made"],
+                     expiry_ms: int = 0) -> bool:
         reply = await self.store.run("settle_create", _keys(self.store, self.idem),
                                      [self.token, action, expiry_ms, self.idem.fingerprint,
                                       self.book_id])

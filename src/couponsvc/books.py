@@ -141,13 +141,14 @@ class Books:
         attempt recorded in Postgres but did not get into Redis (such codes
         are unassigned: nobody could draw them). Codes already in Redis are
         left as they are."""
-        if self.records is not None:
-            recorded = await self.records.unassigned_codes(book.id)
-            if len(recorded) > (await self.get(book.id)).counts.available:
-                step = self.store.settings.max_upload_codes
-                for start in range(0, len(recorded), step):
-                    await keep()
-                    await self.upload(book.id, recorded[start:start + step])
+        records, available = self.records, (await self.get(book.id)).counts.available
+        # Counted first: the codes themselves (up to a million) only when needed.
+        if records is not None and await records.count_unassigned(book.id) > available:
+            recorded = await records.unassigned_codes(book.id)
+            step = self.store.settings.max_upload_codes
+            for start in range(0, len(recorded), step):
+                await keep()
+                await self.upload(book.id, recorded[start:start + step])
         return (await self.get(book.id)).counts.total
 
     async def get(self, book_id: str) -> Book:
@@ -251,6 +252,7 @@ class Books:
         if count > limit:
             raise errors.InvalidRequest(f"{field_name}: at most {limit} codes per request",
                                         field=field_name)
+
 
 async def _go_on() -> None:
     """A create without an Idempotency-Key has no lease to keep."""

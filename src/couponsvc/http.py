@@ -24,7 +24,9 @@ _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 _GOT_FLOAT = "got `float`"
 # A \uD800-\uDBFF escape not followed by its low half: msgspec reports it as
 # "Input data was truncated", which would send a client looking elsewhere.
-_LONE_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])")
+# (An even run of backslashes before it is escaped backslashes, not an escape.)
+_LONE_HIGH_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])")
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}

@@ -58,6 +58,11 @@ class Records:
             "SELECT num FROM books WHERE id = $1", book_id)
         return number
 
+    async def count_unassigned(self, book_id: str) -> int:
+        count: int = await self.pool.fetchval(
+            "SELECT count(*) FROM codes WHERE book_id = $1 AND owner IS NULL", book_id)
+        return count
+
     async def unassigned_codes(self, book_id: str) -> list[str]:
         """The book's codes nobody holds (a create's retry compares them with Redis)."""
         rows = await self.pool.fetch(

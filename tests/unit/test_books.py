@@ -492,6 +492,26 @@ async def test_a_create_stops_once_a_retry_has_made_its_book(books, redis, monke
     assert (await redis.get(CLAIM)).endswith(" made")
 
 
+async def test_a_lease_that_lapsed_with_nobody_taking_it_is_taken_back(
+        books, redis, monkeypatch):
+    """A create that stalled past its lease while no retry came goes on, and
+    marks its book made."""
+    real_number = books._number
+
+    async def stalls(req, book_id, resuming):
+        numbered = await real_number(req, book_id, resuming)
+        await redis.delete(LEASE)  # lapsed
+        return numbered
+
+    monkeypatch.setattr(books, "_number", stalls)
+    book, replayed = await books.create_once(CreateBook(name="late", initialCouponAmount=3),
+                                             MAKER)
+
+    assert not replayed and book.counts.total == 3
+    assert await redis.get(CLAIM) == f"fp-create {book.id} made"
+    assert await redis.exists(LEASE) == 0
+
+
 async def test_a_claim_from_before_leases_is_left_to_its_maker(books, redis):
     """An older version kept an unmarked claim for 30 s, renewed by the
     request making the book, and no lease: that request may be at work."""

@@ -297,6 +297,14 @@ def test_bad_tokens_are_unauthorized(hs_settings, make_header):
     assert caught.value.headers()["WWW-Authenticate"].startswith("Bearer")
 
 
+def test_an_exp_sent_as_a_numeric_string_is_read_as_pyjwt_reads_it(hs_settings):
+    """pyjwt accepts "exp": "1795565530" (it checks int(exp)): so does the cache."""
+    exp = int(time.time()) + 60
+    token = hs256_with(SECRET.encode(), claims(exp=str(exp)))
+
+    assert TokenVerifier(hs_settings).verify(bearer(token)).sub == "alice"
+
+
 def test_scopes_are_separated_by_spaces_only(hs_settings):
     """RFC 8693: a space, not any Unicode white space, separates scopes."""
     token = jwt.encode(claims(scope=f"{ADMIN}\u3000{WRITE}\t{WRITE}"), SECRET)

@@ -4,6 +4,7 @@ key makes one book, complete and the same in both stores."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -140,3 +141,16 @@ async def test_a_create_that_stalled_while_its_retry_made_the_book_adds_nothing(
     assert (replayed, book.counts.total) == (True, CODES)
     assert await _book_rows(service) == [(book.id, CODES)]
     assert await service.verify() == []
+
+
+async def test_a_maker_that_finds_its_book_recorded_meanwhile_takes_its_number(
+        service: Service) -> None:
+    """Two makers of one key (one whose lease lapsed): the second to record
+    the book finds the row by its id and goes on with that number."""
+    book_id = str(uuid.uuid4())
+    first, fresh = await service.books._number(REQUEST, book_id, resuming=False)
+    again, fresh_again = await service.books._number(REQUEST, book_id, resuming=False)
+
+    assert (fresh, fresh_again) == (True, False)
+    assert again.number == first.number
+    assert len(await _book_rows(service)) == 1
