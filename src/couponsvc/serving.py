@@ -105,7 +105,8 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._send_refusal_when_answered()
+        if self._refusal is not None:
+            self._send_refusal_when_answered()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
