@@ -16,6 +16,8 @@ T = TypeVar("T")
 
 SMALL_BODY_BYTES = 64 * 1024
 IDEMPOTENCY_HEADER = b"idempotency-key"
+# Headers whose one value decides the request: sent twice, they are refused.
+_SINGLE_HEADERS = frozenset({b"authorization", b"content-type", IDEMPOTENCY_HEADER})
 _HEADER_INDEX = "couponsvc.headers"  # where `header` keeps its index in the scope
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
@@ -57,15 +59,22 @@ def json_response(body: object, status: int = 200,
 
 
 def header(request: Request, name: bytes) -> str | None:
-    """A request header by its lower-case name, the first if sent twice. The
-    headers are indexed once per request (Starlette's `Headers.get` scans them
-    all on every call, and the hot path asks for four)."""
+    """A request header by its lower-case name. The headers are indexed once
+    per request (Starlette's `Headers.get` scans them all on every call, and
+    the hot path asks for four). A header this service reads once may be sent
+    only once: which of two tokens, keys or media types counts would be a
+    guess (400); of other headers the first counts."""
     scope = request.scope
     index: dict[bytes, bytes] | None = scope.get(_HEADER_INDEX)
     if index is None:
         index = {}
-        for key, value in scope["headers"]:
-            index.setdefault(key, value)  # ASGI servers send names in lower case
+        for key, value in scope["headers"]:  # ASGI servers send names in lower case
+            if key in index:
+                if key in _SINGLE_HEADERS:
+                    field = key.decode("latin-1").title()
+                    raise InvalidRequest(f"send the {field} header once", field=field)
+                continue
+            index[key] = value
         scope[_HEADER_INDEX] = index
     value = index.get(name)
     return None if value is None else value.decode("latin-1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -251,3 +252,31 @@ async def test_an_unexpected_error_is_a_500_problem_that_leaks_nothing_and_is_lo
     monkeypatch.undo()
     again = await client.post("/coupons/assign", json=assign, headers=writer)
     assert again.status_code == 200, again.text
+
+
+@pytest.mark.parametrize("twice", ["Authorization", "Idempotency-Key", "Content-Type"])
+async def test_a_header_that_decides_the_request_sent_twice_is_400(
+        api: Api, twice: str) -> None:
+    """Which of two tokens, keys or media types would count is a guess."""
+    book, _ = await api.book_with_codes(1)
+    headers = [("Authorization", f"Bearer {api.server.writer}"),
+               ("Idempotency-Key", "dup-1"), ("Content-Type", "application/json"),
+               ("X-Note", "a"), ("X-Note", "b")]  # any other header may repeat
+    headers += [(twice, dict(headers)[twice])]
+    body = json.dumps({"couponBookId": book["id"], "userId": new_user()})
+
+    response = await api.client.post("/coupons/assign", content=body, headers=headers)
+
+    problem = assert_problem(response, 400, "invalid-request")
+    assert problem["field"] == twice
+
+
+async def test_other_headers_may_repeat(api: Api) -> None:
+    book, _ = await api.book_with_codes(1)
+    headers = [("Authorization", f"Bearer {api.server.writer}"), ("X-Note", "a"),
+               ("X-Note", "b"), ("Accept", "application/json"), ("Accept", "*/*")]
+
+    response = await api.client.post("/coupons/assign", json={
+        "couponBookId": book["id"], "userId": new_user()}, headers=headers)
+
+    assert response.status_code == 200, response.text

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from starlette.requests import ClientDisconnect, Request
 
-from couponsvc.errors import PayloadTooLarge
+from couponsvc.errors import InvalidRequest, PayloadTooLarge
 from couponsvc.http import header, json_response, read_body
 
 
@@ -22,12 +22,20 @@ def request(headers: list[tuple[bytes, bytes]], messages: list[dict[str, Any]]) 
     return Request(scope, receive)
 
 
-def test_a_header_is_found_by_name_and_the_first_of_two_wins() -> None:
+def test_a_header_is_found_by_name_and_of_two_the_first_counts() -> None:
     req = request([(b"authorization", b"Bearer one"), (b"x-other", b"1"),
-                   (b"authorization", b"Bearer two")], [])
+                   (b"x-other", b"2")], [])
     assert header(req, b"authorization") == "Bearer one"
     assert header(req, b"x-other") == "1"
     assert header(req, b"idempotency-key") is None
+
+
+@pytest.mark.parametrize("name", [b"authorization", b"content-type", b"idempotency-key"])
+def test_a_header_that_decides_the_request_may_not_come_twice(name: bytes) -> None:
+    req = request([(name, b"one"), (b"x-other", b"1"), (name, b"two")], [])
+    with pytest.raises(InvalidRequest) as caught:
+        header(req, b"x-other")  # any look-up indexes them all
+    assert caught.value.extra.get("field") == name.decode().title()
 
 
 async def test_a_body_in_one_message_or_in_several_reads_whole() -> None:
