@@ -196,8 +196,17 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
+def query(request: Request, name: str) -> str | None:
+    """A query parameter, which may be given once (as a header that decides
+    the request: of two values, which counts would be a guess)."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise InvalidRequest(f"give {name} once", field=name)
+    return values[0] if values else None
+
+
 def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
+    raw = query(request, name)
     if raw is None:
         return default
     # Checked by length first: int() refuses strings over 4300 digits.

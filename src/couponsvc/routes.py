@@ -23,6 +23,7 @@ from couponsvc.http import (
     is_text,
     json_body,
     json_response,
+    query,
     query_int,
     read_body,
 )
@@ -105,7 +106,7 @@ async def upload_codes(request: Request) -> Response:
 async def _upload_text(request: Request, services: Services) -> Response:
     """A text/plain body: one code per line, the book in ?couponBookId= (what
     `couponsvc upload` sends: no JSON to build or parse for a million codes)."""
-    book_id = request.query_params.get("couponBookId", "")
+    book_id = query(request, "couponBookId") or ""
     if not _BOOK_ID.fullmatch(book_id):
         raise errors.InvalidRequest("a text/plain upload needs ?couponBookId=<book id>",
                                     field="couponBookId")
@@ -208,14 +209,14 @@ async def list_user_coupons(request: Request) -> Response:
     if not _USER.fullmatch(user_id):
         raise errors.InvalidRequest("userId must be 1-128 of A-Z a-z 0-9 . _ @ + : -",
                                     field="userId")
-    book_id = request.query_params.get("couponBookId")
+    book_id = query(request, "couponBookId")
     if book_id is not None:
         if not _BOOK_ID.fullmatch(book_id):
             raise errors.InvalidRequest("couponBookId must be a book id", field="couponBookId")
         book_id = book_id.lower()
     limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     page = await _services(request).coupons.list_for_user(
-        principal, user_id, book_id, limit, request.query_params.get("cursor"))
+        principal, user_id, book_id, limit, query(request, "cursor"))
     headers = None
     if page.next_cursor is not None:
         # A path, not a whole URL (RFC 8288 resolves it against the request's):

@@ -145,6 +145,18 @@ async def test_listing_another_book_of_the_user_shows_nothing_of_this_one(api: A
     assert response.json() == []
 
 
+@pytest.mark.parametrize("twice", ["limit=1&limit=500", "cursor=a&cursor=b",
+                                   "couponBookId={book}&couponBookId={book}"])
+async def test_a_query_parameter_given_twice_is_400(api: Api, twice: str) -> None:
+    book, _ = await api.book_with_codes(1)
+    query = twice.format(book=book["id"])
+
+    response = await api.get(f"/users/{new_user()}/coupons?{query}", token=api.server.writer)
+
+    problem = assert_problem(response, 400, "invalid-request")
+    assert problem["field"] == query.split("=")[0]
+
+
 # 4301 digits: int() refuses to read them (a 500 before they were checked by length).
 @pytest.mark.parametrize("limit", ["0", "501", "-1", "ten", "2.5", "", "1" * 4301, "0" * 4301])
 async def test_limit_out_of_range_is_400(api: Api, limit: str) -> None:
