@@ -184,12 +184,15 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
 def _upload(_: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from couponsvc.upload import summary, upload
+    from couponsvc.upload import UploadError, summary, upload
 
     token = args.token or os.environ.get("COUPONSVC_TOKEN", "")
     if not token:
         raise SystemExit("couponsvc: pass --token or set COUPONSVC_TOKEN (an admin token)")
-    totals = upload(args.url, token, args.book, Path(args.file), args.chunk)
+    try:
+        totals = upload(args.url, token, args.book, Path(args.file), args.chunk)
+    except UploadError as exc:
+        raise SystemExit(f"couponsvc: {exc}") from None
     print(summary(totals))
     return 0
 
@@ -198,6 +201,16 @@ def _database_url(settings: Settings) -> str:
     if not settings.database_url:
         raise SystemExit("couponsvc: set COUPONSVC_DATABASE_URL")
     return settings.database_url
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -236,7 +249,7 @@ def parser() -> argparse.ArgumentParser:
     upload.add_argument("--book", required=True, help="the coupon book id")
     upload.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
     upload.add_argument("--token", default="", help="admin token (default: $COUPONSVC_TOKEN)")
-    upload.add_argument("--chunk", type=int, default=100_000, help="codes per request")
+    upload.add_argument("--chunk", type=_positive, default=100_000, help="codes per request")
     upload.set_defaults(run=_upload)
     rebuild = commands.add_parser(
         "rebuild", help="rebuild the Redis state from Postgres (a lost or new Redis)")
@@ -257,6 +270,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        print("couponsvc: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _main(argv: Sequence[str] | None) -> None:
     args = parser().parse_args(argv)
     if args.run is _upload:  # a client of a running service: no server settings needed
         raise SystemExit(_upload(Settings(env="dev"), args))

@@ -38,16 +38,35 @@ class Totals:
         self.refused["invalid"] += len(result.refused.invalid)
 
 
+class UploadError(Exception):
+    """What stops an upload, in one line for the operator."""
+
+
 def read_codes(path: Path) -> Iterator[str]:
-    with path.open(newline="") as handle:
-        if path.suffix.lower() == ".csv":
-            for row in csv.reader(handle):
-                if row and row[0].strip() and row[0].strip().lower() != "code":
-                    yield row[0].strip()
-        else:
-            for line in handle:
-                if line.strip():
-                    yield line.strip()
+    """The file's codes. UTF-8 (a byte-order mark is skipped); a CSV is read
+    strictly, and a code may not hold a line break (it would reach the
+    service as two codes, one per line)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            if path.suffix.lower() == ".csv":
+                reader = csv.reader(handle, strict=True)
+                for row in reader:
+                    code = row[0].strip() if row else ""
+                    if "\n" in code or "\r" in code:
+                        raise UploadError(f"{path}, line {reader.line_num}: a code holds a "
+                                          "line break")
+                    if code and code.lower() != "code":
+                        yield code
+            else:
+                for line in handle:
+                    if line.strip():
+                        yield line.strip()
+    except csv.Error as exc:
+        raise UploadError(f"{path}: not valid CSV: {exc}") from None
+    except UnicodeDecodeError:
+        raise UploadError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise UploadError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def chunks(codes: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -63,20 +82,35 @@ def chunks(codes: Iterator[str], size: int) -> Iterator[list[str]]:
 
 def upload(url: str, token: str, book_id: str, path: Path, chunk_size: int,
            out: TextIO = sys.stderr) -> Totals:
+    """Sends the file's codes; raises UploadError with what stopped it."""
+    if not path.is_file():
+        # A pipe or a device cannot be read twice (once to count, once to send).
+        raise UploadError(f"{path}: not a regular file")
+    if not token.isascii() or not token.isprintable():
+        raise UploadError("the token must be printable ASCII")
     total_lines = sum(1 for _ in read_codes(path))
     totals = Totals()
     started = time.monotonic()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
-    with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
-        for chunk in chunks(read_codes(path), chunk_size):
-            response = client.post("/coupons/codes", params={"couponBookId": book_id},
-                                   content="\n".join(chunk).encode())
-            if response.status_code != 200:
-                raise SystemExit(f"\nupload failed after {totals.sent} codes: "
-                                 f"{response.status_code} {response.text}")
-            totals.add(_decode_result(response.content), len(chunk))
-            _progress(out, totals.sent, total_lines, time.monotonic() - started)
-    out.write("\n")
+    # Patient with a large chunk being made durable; quick to say a server is not there.
+    timeout = httpx.Timeout(300, connect=10)
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=timeout) as client:
+            for chunk in chunks(read_codes(path), chunk_size):
+                response = client.post("/coupons/codes", params={"couponBookId": book_id},
+                                       content="\n".join(chunk).encode())
+                if response.status_code != 200:
+                    raise UploadError(f"upload failed after {totals.sent} codes: "
+                                      f"{response.status_code} {response.text[:300]}")
+                totals.add(_decode_result(response.content), len(chunk))
+                _progress(out, totals.sent, total_lines, time.monotonic() - started)
+    except httpx.HTTPError as exc:
+        raise UploadError(f"upload failed after {totals.sent} codes: {url}: {exc}") from None
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise UploadError(f"upload failed after {totals.sent} codes: {url} did not answer "
+                          "like the coupon service") from None
+    finally:
+        out.write("\n")
     return totals
 
 

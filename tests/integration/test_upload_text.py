@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,67 @@ async def test_the_upload_command_fails_loudly_without_admin_rights(
 
     assert done.returncode != 0
     assert "403" in done.stderr
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str], says: str) -> None:
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr, done.stderr
+    assert says in done.stderr, done.stderr
+
+
+async def test_the_upload_command_refuses_what_it_cannot_send_whole(
+        api: Api, tmp_path: Path) -> None:
+    """Each a one-line error and nothing sent, where it used to send nothing
+    and say so (a pipe: read once to count, then empty) or to end in a
+    traceback (the others)."""
+    book, _ = await api.book_with_codes(1)
+    newline_in_code = tmp_path / "split.csv"
+    newline_in_code.write_text('code\n"EMB-A1\nEMB-B1",x\n')
+    unterminated = tmp_path / "open.csv"
+    unterminated.write_text('code\n"OPEN-1,x\nOPEN-2,y\n')
+    latin1 = tmp_path / "latin.txt"
+    latin1.write_bytes(b"CAF\xc9-1\n")
+    cases = {
+        "/dev/stdin": "not a regular file",
+        str(tmp_path): "not a regular file",
+        str(tmp_path / "missing.txt"): "not a regular file",
+        str(newline_in_code): "line 3: a code holds a line break",
+        str(unterminated): "not valid CSV",
+        str(latin1): "not UTF-8 text",
+    }
+    for path, says in cases.items():
+        _one_line_error(_run_upload(api.server, book["id"], Path(path), api.server.admin), says)
+
+    assert (await api.get(f"/coupons/{book['id']}")).json()["counts"]["total"] == 1
+
+
+async def test_the_upload_command_reads_past_a_byte_order_mark(
+        api: Api, redis: Redis, tmp_path: Path) -> None:
+    book, _ = await api.book_with_codes(0)
+    codes = [new_code(), new_code()]
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffcode,note\n".encode() + "".join(f"{c},x\n" for c in codes).encode())
+
+    done = _run_upload(api.server, book["id"], path, api.server.admin)
+
+    assert done.returncode == 0, done.stderr
+    assert "added 2, refused 0" in done.stdout
+    keys = await book_keys(redis, book["id"])
+    assert await redis.smembers(f"{keys}:free") == set(codes)
+
+
+async def test_the_upload_command_says_which_server_it_could_not_reach(
+        api: Api, tmp_path: Path) -> None:
+    path = tmp_path / "codes.txt"
+    path.write_text(new_code() + "\n")
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+
+    done = subprocess.run(
+        [sys.executable, "-m", "couponsvc", "upload", str(path), "--book", str(uuid.uuid4()),
+         "--url", f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT,
+        env={"PATH": "/usr/bin:/bin", "COUPONSVC_TOKEN": api.server.admin})
+
+    _one_line_error(done, f"upload failed after 0 codes: http://127.0.0.1:{port}")
