@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from couponsvc import db
 from couponsvc.settings import Settings, SettingsError
@@ -56,7 +57,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 def _migrate(settings: Settings, _: argparse.Namespace) -> int:
     async def run() -> list[str]:
-        conn = await asyncpg.connect(_database_url(settings))
+        conn = await asyncpg.connect(_database_url(settings), timeout=CONNECT_SECONDS)
         try:
             return await db.migrate(conn)
         finally:
@@ -112,7 +113,7 @@ async def _clients(settings: Settings) -> AsyncIterator[tuple[Redis, asyncpg.Con
     """One Redis client and one Postgres connection, for the operator tools."""
     from couponsvc.app import connect_redis
 
-    conn = await asyncpg.connect(_database_url(settings))
+    conn = await asyncpg.connect(_database_url(settings), timeout=CONNECT_SECONDS)
     redis = connect_redis(settings)
     try:
         yield redis, conn
@@ -269,12 +270,33 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+# A command that could not reach (or use) Redis or Postgres exits with this:
+# apart from verify's 1 (the two differ), inspect's 1 (unknown) and the 2 of
+# a usage or settings error.
+EXIT_UNREACHABLE = 3
+# How long an operator tool waits for Postgres to accept it (asyncpg: 60 s).
+CONNECT_SECONDS = 10
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         _main(argv)
     except KeyboardInterrupt:
         print("couponsvc: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except (OSError, TimeoutError, RedisError, asyncpg.PostgresError,
+            asyncpg.InterfaceError) as exc:
+        # An outage or a wrong address, not a bug: one line, not a traceback.
+        print(f"couponsvc: {_which(exc)} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_UNREACHABLE) from None
+
+
+def _which(exc: BaseException) -> str:
+    if isinstance(exc, RedisError):
+        return "Redis"
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return "Postgres"
+    return "a connection"
 
 
 def _main(argv: Sequence[str] | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,30 @@ async def test_the_tools_need_a_database_url(cli_run: Cli,
     monkeypatch.delenv("COUPONSVC_DATABASE_URL")
     result = await cli_run("verify")
     assert result.status == "couponsvc: set COUPONSVC_DATABASE_URL"
+
+
+def _port_nothing_listens_on() -> int:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port: int = unused.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize("which", ["Redis", "Postgres"])
+@pytest.mark.parametrize("command", [["verify"], ["inspect", "X-1"], ["rebuild"]])
+async def test_a_store_out_of_reach_is_one_line_and_exit_3(
+        cli_run: Cli, monkeypatch: pytest.MonkeyPatch, which: str, command: list[str]) -> None:
+    """Not a traceback, and not verify's 1 ("the two differ") or inspect's 1
+    ("unknown"): a script can tell an outage from an answer."""
+    port = _port_nothing_listens_on()
+    if which == "Redis":
+        monkeypatch.setenv("COUPONSVC_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+        monkeypatch.setenv("COUPONSVC_REDIS_CLUSTER", "false")
+    else:
+        monkeypatch.setenv("COUPONSVC_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{port}/x")
+
+    result = await cli_run(*command)
+
+    assert result.status == 3, result
+    [line] = result.err.strip().splitlines()
+    assert line.startswith("couponsvc: ") and "failed" in line, line
