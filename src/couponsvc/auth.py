@@ -101,9 +101,9 @@ class TokenVerifier:
             raise Unauthorized(f"invalid token: {exc}") from None
         # pyjwt took int(exp) (a numeric string too) when it checked the expiry.
         sub, scope, exp = claims.get("sub"), claims.get("scope", ""), int(claims["exp"])
-        if not isinstance(sub, str) or not sub or not _is_unicode(sub):
+        if not isinstance(sub, str) or not sub or not is_unicode(sub):
             raise Unauthorized("the token's sub claim must be a non-empty string")
-        if not isinstance(scope, str) or not _is_unicode(scope):
+        if not isinstance(scope, str) or not is_unicode(scope):
             raise Unauthorized("the token's scope claim must be a space-separated string")
         if exp > LATEST_EXP:
             raise Unauthorized("the token's exp claim is too far in the future")
@@ -112,7 +112,7 @@ class TokenVerifier:
         return Principal(sub=sub, scopes=scopes), float(exp)
 
 
-def _is_unicode(text: str) -> bool:
+def is_unicode(text: str) -> bool:
     """False for a string with a lone surrogate (JSON's "\\ud800" decodes to
     one): it cannot be written as UTF-8, so not into a Redis key either."""
     try:

@@ -49,8 +49,20 @@ def _serve(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
-    from couponsvc.auth import issue_token
+    import time
 
+    from couponsvc.auth import LATEST_EXP, is_unicode, issue_token
+
+    # Refuse what the API would refuse, rather than print a token it will not take.
+    if not args.sub or not is_unicode(args.sub) or not is_unicode(args.scope):
+        raise SystemExit("couponsvc: --sub must be a non-empty UTF-8 string "
+                         "(and --scope UTF-8)")
+    if not 1 <= args.ttl <= LATEST_EXP - int(time.time()):
+        raise SystemExit(f"couponsvc: --ttl must be from 1 to {LATEST_EXP - int(time.time())} "
+                         "seconds")
+    if settings.jwt_public_key:
+        raise SystemExit("couponsvc: tokens can be issued only with a shared secret "
+                         "(COUPONSVC_JWT_SECRET, HS256); this service verifies with a public key")
     print(issue_token(settings, args.sub, args.scope, args.ttl))
     return 0
 
@@ -204,14 +216,27 @@ def _database_url(settings: Settings) -> str:
     return settings.database_url
 
 
-def _positive(text: str) -> int:
+def _whole(text: str, low: int, high: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low or (high is not None and value > high):
+        span = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _whole(text, 1)
+
+
+def _not_negative(text: str) -> int:
+    return _whole(text, 0)
+
+
+def _port_or_off(text: str) -> int:
+    return _whole(text, 0, 65535)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -229,18 +254,19 @@ def parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_migrate)
     writer = commands.add_parser("writer", help="drain the outbox streams into Postgres")
     defaults = WriterConfig()
-    writer.add_argument("--batch-size", type=int, default=defaults.batch_size,
+    writer.add_argument("--batch-size", type=_positive, default=defaults.batch_size,
                         help="events per transaction at most (%(default)s)")
-    writer.add_argument("--parallel-batches", type=int, default=defaults.parallel_batches,
+    writer.add_argument("--parallel-batches", type=_positive, default=defaults.parallel_batches,
                         help="batches of one stream in flight at once while it is behind "
                              "(%(default)s)")
-    writer.add_argument("--linger-ms", type=int, default=round(defaults.linger_s * 1000),
+    writer.add_argument("--linger-ms", type=_not_negative,
+                        default=round(defaults.linger_s * 1000),
                         help="after a pass that found less than a full batch, wait this "
                              "long for more (fewer, larger transactions) (%(default)s)")
     writer.add_argument("--claim-idle-ms", type=int, default=defaults.claim_idle_ms,
                         help="reclaim entries another writer left unacknowledged this long "
                              "(%(default)s)")
-    writer.add_argument("--metrics-port", type=int, default=0,
+    writer.add_argument("--metrics-port", type=_port_or_off, default=0,
                         help="serve Prometheus metrics on this port (0: off)")
     writer.add_argument("--drain", action="store_true",
                         help="apply everything now in the streams, then exit")
@@ -259,7 +285,7 @@ def parser() -> argparse.ArgumentParser:
     rebuild.set_defaults(run=_rebuild)
     verify = commands.add_parser(
         "verify", help="list every difference between Redis and Postgres (drain first)")
-    verify.add_argument("--limit", type=int, default=0,
+    verify.add_argument("--limit", type=_not_negative, default=0,
                         help="stop after this many differences (0: list all)")
     verify.set_defaults(run=_verify)
     inspect = commands.add_parser(

@@ -122,7 +122,9 @@ async def inspect_code(redis: Redis, conn: asyncpg.Connection, keys: Keys,
 async def inspect_book(redis: Redis, conn: asyncpg.Connection, keys: Keys,
                        ident: str) -> str | None:
     """The report for one book (by id or number), or None when neither side knows it."""
-    if ident.isdigit():
+    if ident.isascii() and ident.isdigit():
+        if len(ident) > 9:  # past any book number (Postgres integer)
+            return None
         number: int | None = int(ident)
         found = await fetch_books(conn, "WHERE num = $1", number)
     else:

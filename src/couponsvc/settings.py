@@ -144,6 +144,8 @@ class Settings:
             raise SettingsError("COUPONSVC_DATABASE_URL is required when COUPONSVC_ENV=prod")
         if self.workers < 1:
             raise SettingsError(f"COUPONSVC_WORKERS must be at least 1, got {self.workers}")
+        if not 0 <= self.port <= 65535:  # 0: a free port the system picks
+            raise SettingsError(f"COUPONSVC_PORT must be from 0 to 65535, got {self.port}")
         if not MIN_IDEMPOTENCY_TTL_SECONDS <= self.idempotency_ttl_seconds \
                 <= MAX_IDEMPOTENCY_TTL_SECONDS:
             # Under a few minutes a client's own retries outlive the key; a

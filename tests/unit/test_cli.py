@@ -107,3 +107,35 @@ def test_writer_help_shows_the_config_defaults(capsys: pytest.CaptureFixture[str
     defaults = WriterConfig()
     assert f"events per transaction at most ({defaults.batch_size})" in text
     assert f"(fewer, larger transactions) ({round(defaults.linger_s * 1000)})" in text
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--sub", ""], "--sub must be a non-empty UTF-8 string"),
+    (["--sub", "al\udcffice"], "--sub must be a non-empty UTF-8 string"),  # argv not UTF-8
+    (["--sub", "a", "--ttl", "0"], "--ttl must be from 1 to"),
+    (["--sub", "a", "--ttl", "-100"], "--ttl must be from 1 to"),
+    (["--sub", "a", "--ttl", str(10**12)], "--ttl must be from 1 to"),
+])
+def test_token_refuses_what_the_api_would_refuse(
+        clean_env: None, monkeypatch: pytest.MonkeyPatch, argv: list[str], says: str) -> None:
+    """Rather than print a token every request would get a 401 with."""
+    monkeypatch.setenv("COUPONSVC_JWT_SECRET", "s" * 32)
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["token", *argv])
+
+    assert says in str(exit_.value.code)
+
+
+@pytest.mark.parametrize("argv", [
+    ["writer", "--batch-size", "0"], ["writer", "--parallel-batches", "-1"],
+    ["writer", "--linger-ms", "-5"], ["writer", "--metrics-port", "70000"],
+    ["verify", "--limit", "-1"], ["upload", "f.txt", "--book", "b", "--chunk", "0"],
+])
+def test_numbers_out_of_range_are_usage_errors(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parser().parse_args(argv)
+
+    assert exit_.value.code == 2
+    assert "must be" in capsys.readouterr().err

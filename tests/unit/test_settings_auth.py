@@ -133,6 +133,12 @@ def test_workers_default_to_one_and_must_be_positive():
             Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_WORKERS": bad})
 
 
+def test_the_port_must_be_one_a_socket_can_take():
+    for bad in ("70000", "-1"):
+        with pytest.raises(SettingsError, match="COUPONSVC_PORT must be from 0 to 65535"):
+            Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_PORT": bad})
+
+
 def test_the_idempotency_window_defaults_to_a_day_and_is_bounded():
     assert Settings.from_env({"COUPONSVC_ENV": "dev"}).idempotency_ttl_seconds == 86400
     hour = {"COUPONSVC_ENV": "dev", "COUPONSVC_IDEMPOTENCY_TTL_SECONDS": "3600"}

@@ -96,3 +96,13 @@ async def test_a_store_out_of_reach_is_one_line_and_exit_3(
     assert result.status == 3, result
     [line] = result.err.strip().splitlines()
     assert line.startswith("couponsvc: ") and "failed" in line, line
+
+
+@pytest.mark.parametrize("ident", ["²", "99999999999999999999999"])
+async def test_inspect_takes_a_book_number_only_as_one(cli_run: Cli, ident: str) -> None:
+    """A superscript digit passes str.isdigit(), and a number past Postgres's
+    integer was sent to it: both were tracebacks, both are just unknown."""
+    result = await cli_run("inspect", "--book", ident)
+
+    assert result.status == 1, result
+    assert "Traceback" not in result.err
