@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from limits import parse_many
 
@@ -146,6 +147,10 @@ class Settings:
             raise SettingsError(f"COUPONSVC_WORKERS must be at least 1, got {self.workers}")
         if not 0 <= self.port <= 65535:  # 0: a free port the system picks
             raise SettingsError(f"COUPONSVC_PORT must be from 0 to 65535, got {self.port}")
+        # A malformed address is a mistake to stop on, not an outage to retry.
+        _check_url("COUPONSVC_REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        if self.database_url:
+            _check_url("COUPONSVC_DATABASE_URL", self.database_url, ("postgres", "postgresql"))
         if not MIN_IDEMPOTENCY_TTL_SECONDS <= self.idempotency_ttl_seconds \
                 <= MAX_IDEMPOTENCY_TTL_SECONDS:
             # Under a few minutes a client's own retries outlive the key; a
@@ -184,6 +189,16 @@ class Settings:
                 f"COUPONSVC_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes "
                 "(or set COUPONSVC_ENV=dev for local use)"
             )
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    try:
+        parsed = urlsplit(url)
+        parsed.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise SettingsError(f"{name} is not a URL") from None
+    if parsed.scheme not in schemes:
+        raise SettingsError(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
 
 
 def _default_algorithm(public_key: str) -> str:

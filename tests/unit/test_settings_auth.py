@@ -139,6 +139,19 @@ def test_the_port_must_be_one_a_socket_can_take():
             Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_PORT": bad})
 
 
+@pytest.mark.parametrize(("name", "url", "says"), [
+    ("REDIS_URL", "notaurl", "must start with redis:// or rediss:// or unix://"),
+    ("REDIS_URL", "http://127.0.0.1:6379", "must start with redis://"),
+    ("DATABASE_URL", "notaurl", "must start with postgres:// or postgresql://"),
+    ("DATABASE_URL", "mysql://db/coupons", "must start with postgres://"),
+    ("DATABASE_URL", "postgresql://db:notaport/coupons", "is not a URL"),
+])
+def test_a_malformed_address_is_a_settings_error(name, url, says):
+    """Stopped at start-up: the writer retried a malformed one for ever."""
+    with pytest.raises(SettingsError, match=f"COUPONSVC_{name} {says}"):
+        Settings.from_env({"COUPONSVC_ENV": "dev", f"COUPONSVC_{name}": url})
+
+
 def test_the_idempotency_window_defaults_to_a_day_and_is_bounded():
     assert Settings.from_env({"COUPONSVC_ENV": "dev"}).idempotency_ttl_seconds == 86400
     hour = {"COUPONSVC_ENV": "dev", "COUPONSVC_IDEMPOTENCY_TTL_SECONDS": "3600"}
