@@ -21,6 +21,7 @@ from couponsvc.mirror import (
     BOOK_COUNTS,
     SETTING_FIELDS,
     Assignment,
+    book_number,
     fetch_books,
     iso,
     meta_settings,
@@ -71,7 +72,9 @@ async def inspect_code(redis: Redis, conn: asyncpg.Connection, keys: Keys,
     entry = await redis.hget(bucket, code)
     row = await conn.fetchrow(CODE_ROW, code)
     # Without a directory entry, look where Postgres says the code lives.
-    number = int(entry) if entry is not None else (row["num"] if row is not None else None)
+    number = book_number(entry)
+    if number is None and row is not None:
+        number = row["num"]
     if number is None:
         return None
     book = keys.book(number)
@@ -128,8 +131,7 @@ async def inspect_book(redis: Redis, conn: asyncpg.Connection, keys: Keys,
         number: int | None = int(ident)
         found = await fetch_books(conn, "WHERE num = $1", number)
     else:
-        raw = await redis.hget(keys.books, ident)
-        number = int(raw) if raw is not None else None
+        number = book_number(await redis.hget(keys.books, ident))
         found = await fetch_books(conn, "WHERE id::text = $1", ident)
     row = found[0] if found else None
     if number is None and row is not None:

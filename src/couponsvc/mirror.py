@@ -140,3 +140,10 @@ async def chunks(conn: asyncpg.Connection, query: str, *args: Any,
     cursor = await conn.cursor(query, *args)
     while rows := await cursor.fetch(size):
         yield rows
+
+
+def book_number(raw: object) -> int | None:
+    """A book number as Redis keeps it (a decimal string), or None for one
+    that is absent or corrupted: the operator tools report it, not crash."""
+    text = str(raw) if raw is not None else ""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None

@@ -29,6 +29,7 @@ from couponsvc.mirror import (
     CHUNK,
     SELECT_CODES,
     Assignment,
+    book_number,
     chunks,
     fetch_books,
     meta_settings,
@@ -170,6 +171,6 @@ async def _create_group(redis: Redis, stream: str) -> None:
 async def _raise_sequence(redis: Redis, keys: Keys, highest: int) -> None:
     # Never lowered (a --force run over a Redis that handed out more numbers):
     # the next book must not reuse a number.
-    current = await redis.get(keys.book_seq)
-    if current is None or int(current) < highest:
+    current = book_number(await redis.get(keys.book_seq))  # None too when corrupted
+    if current is None or current < highest:
         await redis.set(keys.book_seq, highest)

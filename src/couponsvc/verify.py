@@ -35,6 +35,7 @@ from couponsvc.mirror import (
     SELECT_CODES,
     SETTING_FIELDS,
     Assignment,
+    book_number,
     chunks,
     fetch_books,
     meta_settings,
@@ -77,11 +78,18 @@ async def differences(redis: Redis, conn: asyncpg.Connection, keys: Keys,
     """Every difference, as it is found. Call inside a transaction (the cursors need one)."""
     stats = stats if stats is not None else Stats()
     postgres = {row.id: row for row in await fetch_books(conn)}
-    indexed = {str(k): int(v) for k, v in (await redis.hgetall(keys.books)).items()}
+    indexed: dict[str, int] = {}
+    for book_id, raw_number in (await redis.hgetall(keys.books)).items():
+        if (number := book_number(raw_number)) is None:  # corrupted: said, then skipped
+            yield Difference(f"book {book_id!s}", keys.books,
+                             f"redis={raw_number!r} is not a book number")
+        else:
+            indexed[str(book_id)] = number
     raw_seq = await redis.get(keys.book_seq)
     seq = str(raw_seq) if raw_seq is not None else ABSENT
     highest = max((row.num for row in postgres.values()), default=0)
-    if highest and (raw_seq is None or int(raw_seq) < highest):
+    last_handed_out = book_number(raw_seq)
+    if highest and (last_handed_out is None or last_handed_out < highest):
         yield Difference("books", keys.book_seq,
                          f"redis={seq} is below the highest book number {highest}")
     # codes.book_id has no foreign key (bulk-load speed), so look for orphans here.

@@ -88,6 +88,16 @@ async def test_a_code_missing_in_redis_shows_postgres(service: Service,
     assert text.rstrip().endswith("(none)")  # no events: it was never assigned
 
 
+async def test_a_corrupted_directory_entry_shows_postgres(service: Service,
+                                                          scenario: Scenario) -> None:
+    code = scenario.free_single[0]
+    await service.redis.hset(service.keys.directory(code), code, "garbage")
+
+    text = await code_report(service, code)
+
+    assert text is not None and "garbage" in text
+
+
 async def test_an_unknown_code(service: Service, scenario: Scenario, cli_run: Cli) -> None:
     assert await code_report(service, "NO-SUCH-CODE") is None
     result = await cli_run("inspect", "NO-SUCH-CODE")

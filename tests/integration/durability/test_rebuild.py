@@ -145,6 +145,16 @@ async def test_rebuild_refuses_a_redis_that_has_books(service: Service, scenario
     assert await service.verify() == []
 
 
+async def test_rebuild_force_replaces_a_corrupted_sequence(service: Service,
+                                                           scenario: Scenario) -> None:
+    await service.redis.set(service.keys.book_seq, "abc")
+
+    await service.rebuild(force=True)
+
+    assert await service.redis.get(service.keys.book_seq) == "2"
+    assert await service.verify() == []
+
+
 async def test_rebuild_of_an_empty_database(service: Service, cli_run: Cli) -> None:
     result = await cli_run("rebuild")
     assert result.status == 0

@@ -140,6 +140,22 @@ async def test_a_book_missing_from_the_redis_index(service: Service,
         f"book {number} ({scenario.multi})", "only in postgres", f"not in {service.keys.books}")]
 
 
+async def test_corrupted_book_numbers_are_differences_not_a_crash(
+        service: Service, scenario: Scenario) -> None:
+    """What verify is run for: a Redis that cannot be trusted."""
+    await service.redis.hset(service.keys.books, scenario.multi, "x1")
+    await service.redis.set(service.keys.book_seq, "abc")
+
+    found = await service.verify()
+
+    assert Difference(f"book {scenario.multi}", service.keys.books,
+                      "redis='x1' is not a book number") in found
+    assert Difference("books", service.keys.book_seq,
+                      "redis=abc is below the highest book number 2") in found
+    assert Difference(f"book 2 ({scenario.multi})", "only in postgres",
+                      f"not in {service.keys.books}") in found
+
+
 async def test_a_book_only_in_redis(service: Service, scenario: Scenario) -> None:
     # Books without Records writes Redis alone, as a deployment without Postgres does.
     book = await Books(service.store).create(CreateBook(name="Redis only"))
