@@ -106,9 +106,12 @@ async def upload_codes(request: Request) -> Response:
 async def _upload_text(request: Request, services: Services) -> Response:
     """A text/plain body: one code per line, the book in ?couponBookId= (what
     `couponsvc upload` sends: no JSON to build or parse for a million codes)."""
-    book_id = query(request, "couponBookId") or ""
-    if not _BOOK_ID.fullmatch(book_id):
+    book_id = query(request, "couponBookId")
+    if not book_id:
         raise errors.InvalidRequest("a text/plain upload needs ?couponBookId=<book id>",
+                                    field="couponBookId")
+    if not _BOOK_ID.fullmatch(book_id):
+        raise errors.InvalidRequest(f"couponBookId {book_id[:64]!r} is not a book id (a UUID)",
                                     field="couponBookId")
     book_id = book_id.lower()
     body = await read_body(request, services.settings.max_body_bytes)

@@ -38,14 +38,20 @@ async def test_a_text_body_adds_one_code_per_line(api: Api, redis: Redis) -> Non
     assert await redis.smembers(f"{keys}:free") == {existing, *fresh}
 
 
-@pytest.mark.parametrize("params", [{}, {"couponBookId": "not-a-book"}])
-async def test_a_text_body_needs_the_book_in_the_query(api: Api, params: dict[str, str]) -> None:
+@pytest.mark.parametrize(("params", "says"), [
+    ({}, "needs ?couponBookId=<book id>"),
+    ({"couponBookId": ""}, "needs ?couponBookId=<book id>"),
+    ({"couponBookId": "not-a-book"}, "'not-a-book' is not a book id"),
+])
+async def test_a_text_body_needs_the_book_in_the_query(
+        api: Api, params: dict[str, str], says: str) -> None:
     response = await api.client.post(
         "/coupons/codes", params=params, content=b"ABC\n",
         headers={"Authorization": f"Bearer {api.server.admin}", "Content-Type": "text/plain"})
 
     problem = assert_problem(response, 400, "invalid-request")
     assert problem["field"] == "couponBookId"
+    assert says in problem["detail"]
 
 
 async def test_a_text_body_that_is_not_utf8_is_400(api: Api, redis: Redis) -> None:
