@@ -203,11 +203,18 @@ def _upload(_: Settings, args: argparse.Namespace) -> int:
     if not token:
         raise SystemExit("couponsvc: pass --token or set COUPONSVC_TOKEN (an admin token)")
     try:
-        totals = upload(args.url, token, args.book, Path(args.file), args.chunk)
+        totals = upload(args.url or _local_url(), token, args.book, Path(args.file), args.chunk)
     except UploadError as exc:
         raise SystemExit(f"couponsvc: {exc}") from None
     print(summary(totals))
     return 0
+
+
+def _local_url() -> str:
+    """Where `couponsvc serve` with this environment listens (0.0.0.0: here)."""
+    host = os.environ.get("COUPONSVC_HOST", "").strip() or "127.0.0.1"
+    port = os.environ.get("COUPONSVC_PORT", "").strip() or "8000"
+    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
 
 
 def _database_url(settings: Settings) -> str:
@@ -274,7 +281,9 @@ def parser() -> argparse.ArgumentParser:
     upload = commands.add_parser("upload", help="stream a file of codes to a running service")
     upload.add_argument("file", help="one code per line, or CSV with the code first")
     upload.add_argument("--book", required=True, help="the coupon book id")
-    upload.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
+    upload.add_argument("--url", default="",
+                        help="the service's base URL (default: http://COUPONSVC_HOST:"
+                             "COUPONSVC_PORT, as `couponsvc serve` here would listen)")
     upload.add_argument("--token", default="", help="admin token (default: $COUPONSVC_TOKEN)")
     upload.add_argument("--chunk", type=_positive, default=100_000, help="codes per request")
     upload.set_defaults(run=_upload)

@@ -178,3 +178,23 @@ async def test_the_upload_command_says_which_server_it_could_not_reach(
         env={"PATH": "/usr/bin:/bin", "COUPONSVC_TOKEN": api.server.admin})
 
     _one_line_error(done, f"upload failed after 0 codes: http://127.0.0.1:{port}")
+
+
+async def test_the_upload_command_finds_the_local_service_from_its_settings(
+        api: Api, redis: Redis, tmp_path: Path) -> None:
+    """Without --url: where `couponsvc serve` with the same environment listens."""
+    book, _ = await api.book_with_codes(0)
+    code = new_code()
+    path = tmp_path / "codes.txt"
+    path.write_text(code + "\n")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "couponsvc", "upload", str(path), "--book", book["id"]],
+        capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT,
+        env={"PATH": "/usr/bin:/bin", "COUPONSVC_TOKEN": api.server.admin,
+             "COUPONSVC_HOST": "0.0.0.0", "COUPONSVC_PORT": str(api.server.port)})
+
+    assert done.returncode == 0, done.stderr
+    assert "added 1, refused 0" in done.stdout
+    keys = await book_keys(redis, book["id"])
+    assert await redis.smembers(f"{keys}:free") == {code}
