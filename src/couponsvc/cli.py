@@ -11,10 +11,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from couponsvc import db
 from couponsvc.settings import Settings, SettingsError
@@ -55,11 +57,9 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
     # Refuse what the API would refuse, rather than print a token it will not take.
     if not args.sub or not is_unicode(args.sub) or not is_unicode(args.scope):
-        raise SystemExit("couponsvc: --sub must be a non-empty UTF-8 string "
-                         "(and --scope UTF-8)")
+        return _usage_error("--sub must be a non-empty UTF-8 string (and --scope UTF-8)")
     if not 1 <= args.ttl <= LATEST_EXP - int(time.time()):
-        raise SystemExit(f"couponsvc: --ttl must be from 1 to {LATEST_EXP - int(time.time())} "
-                         "seconds")
+        return _usage_error(f"--ttl must be from 1 to {LATEST_EXP - int(time.time())} seconds")
     if settings.jwt_public_key:
         raise SystemExit("couponsvc: tokens can be issued only with a shared secret "
                          "(COUPONSVC_JWT_SECRET, HS256); this service verifies with a public key")
@@ -69,7 +69,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 def _migrate(settings: Settings, _: argparse.Namespace) -> int:
     async def run() -> list[str]:
-        conn = await asyncpg.connect(_database_url(settings), timeout=CONNECT_SECONDS)
+        conn = await _connect_postgres(settings)
         try:
             return await db.migrate(conn)
         finally:
@@ -125,7 +125,7 @@ async def _clients(settings: Settings) -> AsyncIterator[tuple[Redis, asyncpg.Con
     """One Redis client and one Postgres connection, for the operator tools."""
     from couponsvc.app import connect_redis
 
-    conn = await asyncpg.connect(_database_url(settings), timeout=CONNECT_SECONDS)
+    conn = await _connect_postgres(settings)
     redis = connect_redis(settings)
     try:
         yield redis, conn
@@ -210,11 +210,17 @@ def _upload(_: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage_error(message: str) -> int:
+    print(f"couponsvc: {message}", file=sys.stderr)
+    return 2
+
+
 def _local_url() -> str:
     """Where `couponsvc serve` with this environment listens (0.0.0.0: here)."""
     host = os.environ.get("COUPONSVC_HOST", "").strip() or "127.0.0.1"
     port = os.environ.get("COUPONSVC_PORT", "").strip() or "8000"
-    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def _database_url(settings: Settings) -> str:
@@ -270,7 +276,7 @@ def parser() -> argparse.ArgumentParser:
                         default=round(defaults.linger_s * 1000),
                         help="after a pass that found less than a full batch, wait this "
                              "long for more (fewer, larger transactions) (%(default)s)")
-    writer.add_argument("--claim-idle-ms", type=int, default=defaults.claim_idle_ms,
+    writer.add_argument("--claim-idle-ms", type=_positive, default=defaults.claim_idle_ms,
                         help="reclaim entries another writer left unacknowledged this long "
                              "(%(default)s)")
     writer.add_argument("--metrics-port", type=_port_or_off, default=0,
@@ -305,12 +311,22 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-# A command that could not reach (or use) Redis or Postgres exits with this:
+# A command that could not reach (or log into) Redis or Postgres exits with this:
 # apart from verify's 1 (the two differ), inspect's 1 (unknown) and the 2 of
 # a usage or settings error.
 EXIT_UNREACHABLE = 3
 # How long an operator tool waits for Postgres to accept it (asyncpg: 60 s).
 CONNECT_SECONDS = 10
+
+
+# What Postgres raises when it cannot be reached or logged into (not a bug).
+_POSTGRES_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                         asyncpg.InvalidAuthorizationSpecificationError,
+                         asyncpg.InvalidCatalogNameError, asyncpg.CannotConnectNowError)
+
+
+class Unreachable(Exception):
+    """Redis or Postgres could not be reached or logged into."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -319,19 +335,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("couponsvc: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    except (OSError, TimeoutError, RedisError, asyncpg.PostgresError,
-            asyncpg.InterfaceError) as exc:
+    except BrokenPipeError:  # `couponsvc verify | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+    except (Unreachable, RedisConnectionError, RedisTimeoutError) as exc:
         # An outage or a wrong address, not a bug: one line, not a traceback.
-        print(f"couponsvc: {_which(exc)} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        where = "" if isinstance(exc, Unreachable) else "cannot reach Redis: "
+        print(f"couponsvc: {where}{exc}", file=sys.stderr)
         raise SystemExit(EXIT_UNREACHABLE) from None
 
 
-def _which(exc: BaseException) -> str:
-    if isinstance(exc, RedisError):
-        return "Redis"
-    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
-        return "Postgres"
-    return "a connection"
+async def _connect_postgres(settings: Settings) -> asyncpg.Connection:
+    url = _database_url(settings)
+    try:
+        conn: asyncpg.Connection = await asyncpg.connect(url, timeout=CONNECT_SECONDS)
+    except _POSTGRES_UNREACHABLE as exc:
+        where = urlsplit(url).netloc.rpartition("@")[2] or "its default host"
+        raise Unreachable(f"cannot reach Postgres at {where}: "
+                          f"{type(exc).__name__}: {exc}") from None
+    return conn
 
 
 def _main(argv: Sequence[str] | None) -> None:

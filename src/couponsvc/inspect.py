@@ -126,9 +126,9 @@ async def inspect_book(redis: Redis, conn: asyncpg.Connection, keys: Keys,
                        ident: str) -> str | None:
     """The report for one book (by id or number), or None when neither side knows it."""
     if ident.isascii() and ident.isdigit():
-        if len(ident) > 9:  # past any book number (Postgres integer)
+        number: int | None = book_number(ident)
+        if number is None:  # past any book number (a Postgres integer)
             return None
-        number: int | None = int(ident)
         found = await fetch_books(conn, "WHERE num = $1", number)
     else:
         number = book_number(await redis.hget(keys.books, ident))

@@ -17,6 +17,8 @@ import asyncpg
 from couponsvc.instants import datetime_to_ms, ms_to_datetime
 from couponsvc.records import BookRow
 
+# The highest book number: books.num is a Postgres integer.
+LAST_BOOK_NUMBER = 2**31 - 1
 # Rows per cursor fetch and per Redis pipeline: bounded memory at any size.
 CHUNK = 10_000
 
@@ -146,4 +148,6 @@ def book_number(raw: object) -> int | None:
     """A book number as Redis keeps it (a decimal string), or None for one
     that is absent or corrupted: the operator tools report it, not crash."""
     text = str(raw) if raw is not None else ""
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
+    if not (text.isascii() and text.isdigit() and len(text) <= 10):
+        return None
+    return int(text) if int(text) <= LAST_BOOK_NUMBER else None

@@ -52,21 +52,30 @@ def read_codes(path: Path) -> Iterator[str]:
                 reader = csv.reader(handle, strict=True)
                 for row in reader:
                     code = row[0].strip() if row else ""
-                    if "\n" in code or "\r" in code:
+                    if _splits(code):
                         raise UploadError(f"{path}, line {reader.line_num}: a code holds a "
                                           "line break")
                     if code and code.lower() != "code":
                         yield code
             else:
-                for line in handle:
-                    if line.strip():
-                        yield line.strip()
+                for number, line in enumerate(handle, 1):
+                    if (code := line.strip()) and _splits(code):
+                        raise UploadError(f"{path}, line {number}: a code holds a line "
+                                          "break")
+                    if code:
+                        yield code
     except csv.Error as exc:
         raise UploadError(f"{path}: not valid CSV: {exc}") from None
     except UnicodeDecodeError:
         raise UploadError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise UploadError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _splits(code: str) -> bool:
+    """True for a code the service would read as several: it splits a text
+    body into lines as str.splitlines does (form feeds, U+2028 and more)."""
+    return len(code.splitlines()) > 1
 
 
 def chunks(codes: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -83,6 +92,8 @@ def chunks(codes: Iterator[str], size: int) -> Iterator[list[str]]:
 def upload(url: str, token: str, book_id: str, path: Path, chunk_size: int,
            out: TextIO = sys.stderr) -> Totals:
     """Sends the file's codes; raises UploadError with what stopped it."""
+    if not path.exists():
+        raise UploadError(f"{path}: no such file")
     if not path.is_file():
         # A pipe or a device cannot be read twice (once to count, once to send).
         raise UploadError(f"{path}: not a regular file")
@@ -104,7 +115,7 @@ def upload(url: str, token: str, book_id: str, path: Path, chunk_size: int,
                                       f"{response.status_code} {response.text[:300]}")
                 totals.add(_decode_result(response.content), len(chunk))
                 _progress(out, totals.sent, total_lines, time.monotonic() - started)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise UploadError(f"upload failed after {totals.sent} codes: {url}: {exc}") from None
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise UploadError(f"upload failed after {totals.sent} codes: {url} did not answer "

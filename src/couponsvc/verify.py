@@ -89,7 +89,9 @@ async def differences(redis: Redis, conn: asyncpg.Connection, keys: Keys,
     seq = str(raw_seq) if raw_seq is not None else ABSENT
     highest = max((row.num for row in postgres.values()), default=0)
     last_handed_out = book_number(raw_seq)
-    if highest and (last_handed_out is None or last_handed_out < highest):
+    if raw_seq is not None and last_handed_out is None:
+        yield Difference("books", keys.book_seq, f"redis={seq!r} is not a book number")
+    elif highest and (last_handed_out is None or last_handed_out < highest):
         yield Difference("books", keys.book_seq,
                          f"redis={seq} is below the highest book number {highest}")
     # codes.book_id has no foreign key (bulk-load speed), so look for orphans here.

@@ -134,11 +134,18 @@ async def test_the_upload_command_refuses_what_it_cannot_send_whole(
     unterminated.write_text('code\n"OPEN-1,x\nOPEN-2,y\n')
     latin1 = tmp_path / "latin.txt"
     latin1.write_bytes(b"CAF\xc9-1\n")
+    # The service splits a text body into lines as str.splitlines does, not only on '\n'.
+    form_feed = tmp_path / "ff.csv"
+    form_feed.write_text('code\n"ABC\x0cDEF",x\n')
+    spaced_line = tmp_path / "spaced.txt"
+    spaced_line.write_text("ABC\u2028DEF\n")
     cases = {
         "/dev/stdin": "not a regular file",
         str(tmp_path): "not a regular file",
-        str(tmp_path / "missing.txt"): "not a regular file",
+        str(tmp_path / "missing.txt"): "no such file",
         str(newline_in_code): "line 3: a code holds a line break",
+        str(form_feed): "line 2: a code holds a line break",
+        str(spaced_line): "line 1: a code holds a line break",
         str(unterminated): "not valid CSV",
         str(latin1): "not UTF-8 text",
     }

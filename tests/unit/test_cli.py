@@ -117,18 +117,22 @@ def test_writer_help_shows_the_config_defaults(capsys: pytest.CaptureFixture[str
     (["--sub", "a", "--ttl", str(10**12)], "--ttl must be from 1 to"),
 ])
 def test_token_refuses_what_the_api_would_refuse(
-        clean_env: None, monkeypatch: pytest.MonkeyPatch, argv: list[str], says: str) -> None:
-    """Rather than print a token every request would get a 401 with."""
+        clean_env: None, monkeypatch: pytest.MonkeyPatch, argv: list[str], says: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Rather than print a token every request would get a 401 with: a usage error."""
     monkeypatch.setenv("COUPONSVC_JWT_SECRET", "s" * 32)
 
     with pytest.raises(SystemExit) as exit_:
         cli.main(["token", *argv])
 
-    assert says in str(exit_.value.code)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert says in captured.err and captured.out == ""
 
 
 @pytest.mark.parametrize("argv", [
     ["writer", "--batch-size", "0"], ["writer", "--parallel-batches", "-1"],
+    ["writer", "--claim-idle-ms", "-1"],
     ["writer", "--linger-ms", "-5"], ["writer", "--metrics-port", "70000"],
     ["verify", "--limit", "-1"], ["upload", "f.txt", "--book", "b", "--chunk", "0"],
 ])

@@ -144,12 +144,22 @@ def test_the_port_must_be_one_a_socket_can_take():
     ("REDIS_URL", "http://127.0.0.1:6379", "must start with redis://"),
     ("DATABASE_URL", "notaurl", "must start with postgres:// or postgresql://"),
     ("DATABASE_URL", "mysql://db/coupons", "must start with postgres://"),
-    ("DATABASE_URL", "postgresql://db:notaport/coupons", "is not a URL"),
+    ("DATABASE_URL", "postgresql://[::1/coupons", "is not a URL"),
 ])
 def test_a_malformed_address_is_a_settings_error(name, url, says):
     """Stopped at start-up: the writer retried a malformed one for ever."""
     with pytest.raises(SettingsError, match=f"COUPONSVC_{name} {says}"):
         Settings.from_env({"COUPONSVC_ENV": "dev", f"COUPONSVC_{name}": url})
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:p@h1:5432,h2:5432/db?target_session_attrs=read-write",  # failover pair
+    "postgresql:///coupons?host=/run/postgresql",  # a unix socket
+    "postgres://u@[::1]:5432/coupons?sslmode=require",
+])
+def test_database_urls_the_client_reads_are_accepted(url):
+    assert Settings.from_env({"COUPONSVC_ENV": "dev", "COUPONSVC_DATABASE_URL": url}) \
+        .database_url == url
 
 
 def test_the_idempotency_window_defaults_to_a_day_and_is_bounded():
