@@ -22,6 +22,21 @@ from couponsvc import db
 from couponsvc.settings import Settings, SettingsError
 from couponsvc.writer import WriterConfig
 
+# A command that could not reach (or log into) Redis or Postgres exits with this:
+# apart from verify's 1 (the two differ), inspect's 1 (unknown) and the 2 of
+# a usage or settings error.
+EXIT_UNREACHABLE = 3
+# How long an operator tool waits for Postgres to accept it (asyncpg: 60 s).
+CONNECT_SECONDS = 10
+# What Postgres raises when it cannot be reached or logged into (not a bug).
+_POSTGRES_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                         asyncpg.InvalidAuthorizationSpecificationError,
+                         asyncpg.InvalidCatalogNameError, asyncpg.CannotConnectNowError)
+
+
+class Unreachable(Exception):
+    """Redis or Postgres could not be reached or logged into."""
+
 
 def _serve(settings: Settings, _: argparse.Namespace) -> int:
     import uvicorn
@@ -309,24 +324,6 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("--book", help="a book id (or number) instead of a code")
     inspect.set_defaults(run=_inspect)
     return root
-
-
-# A command that could not reach (or log into) Redis or Postgres exits with this:
-# apart from verify's 1 (the two differ), inspect's 1 (unknown) and the 2 of
-# a usage or settings error.
-EXIT_UNREACHABLE = 3
-# How long an operator tool waits for Postgres to accept it (asyncpg: 60 s).
-CONNECT_SECONDS = 10
-
-
-# What Postgres raises when it cannot be reached or logged into (not a bug).
-_POSTGRES_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
-                         asyncpg.InvalidAuthorizationSpecificationError,
-                         asyncpg.InvalidCatalogNameError, asyncpg.CannotConnectNowError)
-
-
-class Unreachable(Exception):
-    """Redis or Postgres could not be reached or logged into."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:

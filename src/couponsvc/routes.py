@@ -51,6 +51,21 @@ def _principal(request: Request) -> Principal:
     return _services(request).verifier.verify(header(request, b"authorization"))
 
 
+def _book_in_query(request: Request, required: str | None = None) -> str | None:
+    """?couponBookId=, in lower case as a book id in a body is; None when not
+    given, unless `required` (then that is the 400's detail, also for an
+    empty value)."""
+    book_id = query(request, "couponBookId")
+    if required is not None and not book_id:
+        raise errors.InvalidRequest(required, field="couponBookId")
+    if book_id is None:
+        return None
+    if not _BOOK_ID.fullmatch(book_id):
+        raise errors.InvalidRequest(f"couponBookId {book_id[:64]!r} is not a book id (a UUID)",
+                                    field="couponBookId")
+    return book_id.lower()
+
+
 def _path_code(request: Request) -> str:
     code: str = request.path_params["code"]
     if not is_valid_code(code):
@@ -106,14 +121,9 @@ async def upload_codes(request: Request) -> Response:
 async def _upload_text(request: Request, services: Services) -> Response:
     """A text/plain body: one code per line, the book in ?couponBookId= (what
     `couponsvc upload` sends: no JSON to build or parse for a million codes)."""
-    book_id = query(request, "couponBookId")
-    if not book_id:
-        raise errors.InvalidRequest("a text/plain upload needs ?couponBookId=<book id>",
-                                    field="couponBookId")
-    if not _BOOK_ID.fullmatch(book_id):
-        raise errors.InvalidRequest(f"couponBookId {book_id[:64]!r} is not a book id (a UUID)",
-                                    field="couponBookId")
-    book_id = book_id.lower()
+    book_id = _book_in_query(
+        request, required="a text/plain upload needs ?couponBookId=<book id>")
+    assert book_id is not None
     body = await read_body(request, services.settings.max_body_bytes)
     try:
         text = body.decode()
@@ -212,11 +222,7 @@ async def list_user_coupons(request: Request) -> Response:
     if not _USER.fullmatch(user_id):
         raise errors.InvalidRequest("userId must be 1-128 of A-Z a-z 0-9 . _ @ + : -",
                                     field="userId")
-    book_id = query(request, "couponBookId")
-    if book_id is not None:
-        if not _BOOK_ID.fullmatch(book_id):
-            raise errors.InvalidRequest("couponBookId must be a book id", field="couponBookId")
-        book_id = book_id.lower()
+    book_id = _book_in_query(request)
     limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     page = await _services(request).coupons.list_for_user(
         principal, user_id, book_id, limit, query(request, "cursor"))
