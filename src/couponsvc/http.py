@@ -21,6 +21,8 @@ _SINGLE_HEADERS = frozenset({b"authorization", b"content-type", IDEMPOTENCY_HEAD
 _HEADER_INDEX = "couponsvc.headers"  # where `header` keeps its index in the scope
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
+# US-ASCII text is UTF-8 too.
+_UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 
 _GOT_FLOAT = "got `float`"
@@ -105,8 +107,26 @@ async def read_body(request: Request, limit: int = SMALL_BODY_BYTES) -> bytes:
 
 
 def _media_type(request: Request) -> str:
+    """The body's media type, lower case; 415 for a charset other than UTF-8
+    (bodies are read as UTF-8: one in UTF-16 or Latin-1 would otherwise be
+    refused as malformed, or its codes read wrongly)."""
     media = header(request, b"content-type")
-    return "application/json" if media is None else media.split(";")[0].strip().lower()
+    if media is None:
+        return "application/json"
+    kind, _, parameters = media.partition(";")
+    if parameters:
+        _check_charset(parameters)
+    return kind.strip().lower()
+
+
+def _check_charset(parameters: str) -> None:
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() != "charset":
+            continue
+        charset = value.strip().strip('"').lower()
+        if charset not in _UTF8_CHARSETS:
+            raise UnsupportedMediaType(f"send the body in UTF-8, not charset={charset}")
 
 
 def is_text(request: Request) -> bool:

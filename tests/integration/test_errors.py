@@ -41,6 +41,32 @@ async def test_non_json_body_is_415_on_every_post_route(api: Api, path: str) -> 
 
 
 @pytest.mark.parametrize("path", POST_ROUTES)
+async def test_a_body_in_another_charset_than_utf8_is_415(api: Api, path: str) -> None:
+    body = json.dumps({"userId": "u", "couponBookId": str(uuid.uuid4())}).encode("utf-16")
+
+    response = await api.client.post(
+        path, content=body, headers={**bearer(api.server.admin),
+                                     "Content-Type": "application/json; charset=UTF-16"})
+
+    problem = assert_problem(response, 415, "unsupported-media-type")
+    assert problem["detail"] == "send the body in UTF-8, not charset=utf-16"
+
+
+@pytest.mark.parametrize("charset", ["utf-8", '"UTF-8"', "us-ascii"])
+async def test_a_utf8_charset_parameter_is_accepted(api: Api, charset: str) -> None:
+    book, _ = await api.book_with_codes(1)
+    body = json.dumps({"userId": new_user(), "couponBookId": book["id"]}).encode()
+
+    response = await api.client.post(
+        "/coupons/assign", content=body,
+        headers={**bearer(api.server.admin),
+                 "Content-Type": f"application/json; foo=bar; charset={charset}"})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["couponBookId"] == book["id"]
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
 @pytest.mark.parametrize("raw", [b'{"userId": ', b"null", b"[1, 2]", b'"text"'],
                          ids=["truncated", "null", "array", "string"])
 async def test_body_that_is_not_a_json_object_is_400(api: Api, path: str, raw: bytes) -> None:

@@ -38,6 +38,25 @@ async def test_a_text_body_adds_one_code_per_line(api: Api, redis: Redis) -> Non
     assert await redis.smembers(f"{keys}:free") == {existing, *fresh}
 
 
+async def test_a_text_body_is_read_in_utf8_only(api: Api, redis: Redis) -> None:
+    book, _ = await api.book_with_codes(1)
+    code = new_code()
+    headers = {"Authorization": f"Bearer {api.server.admin}"}
+
+    latin1 = await api.client.post(
+        "/coupons/codes", params={"couponBookId": book["id"]}, content=code.encode("latin-1"),
+        headers={**headers, "Content-Type": "text/plain; charset=ISO-8859-1"})
+    utf8 = await api.client.post(
+        "/coupons/codes", params={"couponBookId": book["id"]}, content=code.encode(),
+        headers={**headers, "Content-Type": "text/plain;charset=utf-8"})
+
+    problem = assert_problem(latin1, 415, "unsupported-media-type")
+    assert problem["detail"] == "send the body in UTF-8, not charset=iso-8859-1"
+    assert utf8.status_code == 200, utf8.text
+    assert utf8.json()["added"] == 1
+    assert code in await redis.smembers(f"{await book_keys(redis, book['id'])}:free")
+
+
 @pytest.mark.parametrize(("params", "says"), [
     ({}, "needs ?couponBookId=<book id>"),
     ({"couponBookId": ""}, "needs ?couponBookId=<book id>"),
