@@ -124,6 +124,9 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
         tune_gc()
         try:
             if args.drain:
+                # The pool connects lazily: with nothing pending, a drain would
+                # never touch Postgres and report success with it down.
+                await (await _connect_postgres(settings)).close()
                 await writer.drain()
             else:
                 await writer.run(stop)

@@ -18,9 +18,10 @@ pytestmark = pytest.mark.integration
 CONSOLE_SCRIPT = Path(sys.executable).parent / "couponsvc"
 
 
-async def console(service: Service, *argv: str) -> subprocess.CompletedProcess[str]:
+async def console(service: Service, *argv: str,
+                  **settings: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COUPONSVC_")}
-    env.update(cli_environment(service))
+    env.update(cli_environment(service), **settings)
     return await asyncio.to_thread(subprocess.run, [str(CONSOLE_SCRIPT), *argv], env=env,
                                    capture_output=True, text=True, timeout=60)
 
@@ -97,6 +98,20 @@ async def test_a_store_out_of_reach_is_one_line_and_exit_3(
     [line] = result.err.strip().splitlines()
     assert line.startswith(f"couponsvc: cannot reach {which}"), line
     assert "Traceback" not in result.err
+
+
+async def test_a_drain_with_postgres_out_of_reach_is_exit_3(service: Service) -> None:
+    """With nothing pending the writer has nothing to send Postgres, and its
+    pool connects lazily: a drain said it was done while Postgres was down."""
+    port = _port_nothing_listens_on()
+    await service.redis.flushdb()
+
+    result = await console(service, "writer", "--drain",
+                           COUPONSVC_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/x")
+
+    assert result.returncode == 3, result
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("couponsvc: cannot reach Postgres"), line
 
 
 @pytest.mark.parametrize("ident", ["²", "99999999999999999999999"])
