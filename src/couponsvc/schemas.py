@@ -12,14 +12,18 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-USER_PATTERN = r"^[A-Za-z0-9._@+:-]{1,128}$"
-UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# msgspec checks a pattern with re.search, and Python's `$` also matches
+# before a final newline: END makes "alice\n" no user id. (JSON Schema's
+# ECMAScript regexes read it the same way.)
+END = r"(?!\n)$"
+CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}" + END
+USER_PATTERN = r"^[A-Za-z0-9._@+:-]{1,128}" + END
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}" + END
 # A book id as a client may send it: UUIDs are case-insensitive (RFC 9562), so
 # one in upper case is taken and read in lower case, as in a path.
 BOOK_ID_PATTERN = UUID_PATTERN.replace("a-f", "a-fA-F")
 # '#' stands for one random character; everything else is literal.
-CODE_TEMPLATE_PATTERN = r"^[A-Za-z0-9_#-]{1,64}$"
+CODE_TEMPLATE_PATTERN = r"^[A-Za-z0-9_#-]{1,64}" + END
 
 Code = Annotated[str, Meta(pattern=CODE_PATTERN, description="1-64 of A-Z a-z 0-9 _ -")]
 UserId = Annotated[str, Meta(pattern=USER_PATTERN, description="1-128 of A-Z a-z 0-9 . _ @ + : -")]
@@ -54,8 +58,8 @@ class Out(msgspec.Struct, omit_defaults=True):
 
 # Free text is stored in Postgres, whose text refuses NUL; control characters
 # other than tab and line breaks have no business in a name either.
-NAME_PATTERN = r"^[^\x00-\x1f\x7f]*$"
-DESCRIPTION_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]*" + END
+DESCRIPTION_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"  # may end in a line break
 
 
 class CreateBook(Base):

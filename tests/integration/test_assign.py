@@ -126,8 +126,11 @@ async def test_unknown_book_is_404(api: Api) -> None:
 
 @pytest.mark.parametrize("body", [{"userId": "u"}, {"couponBookId": "x", "userId": "u"},
                                   {"couponBookId": str(uuid.UUID(int=1)), "userId": "a b"},
-                                  {"couponBookId": str(uuid.UUID(int=1)), "userId": ""}],
-                         ids=["no-book", "bad-book-id", "user-with-space", "empty-user"])
+                                  {"couponBookId": str(uuid.UUID(int=1)), "userId": ""},
+                                  {"couponBookId": str(uuid.UUID(int=1)), "userId": "alice\n"},
+                                  {"couponBookId": f"{uuid.UUID(int=1)}\n", "userId": "u"}],
+                         ids=["no-book", "bad-book-id", "user-with-space", "empty-user",
+                              "user-ending-in-line-break", "book-ending-in-line-break"])
 async def test_invalid_assign_body_is_400(api: Api, body: dict[str, str]) -> None:
     assert_problem(await api.post("/coupons/assign", body), 400, "invalid-request")
 

@@ -139,6 +139,11 @@ INVALID_BOOKS: list[Any] = [
     # Postgres text refuses NUL: it must be a 400 here, not a 500 there.
     pytest.param({"name": "a\u0000b"}, "name", id="nul-in-name"),
     pytest.param({"name": "two\nlines"}, "name", id="line-break-in-name"),
+    # Python's `$` also matches before a final line break (these were a 201,
+    # and a 500 for the pattern: its codes broke the COPY into Postgres).
+    pytest.param({"name": "x\n"}, "name", id="line-break-ending-name"),
+    pytest.param({"name": "x", "initialCouponAmount": 2, "codePattern": "Q#########\n"},
+                 "codePattern", id="line-break-ending-pattern"),
     pytest.param({"name": "x", "description": "a\u0000b"}, "description",
                  id="nul-in-description"),
     pytest.param({"name": "x", "description": "bell\u0007"}, "description",

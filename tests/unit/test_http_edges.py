@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from starlette.requests import ClientDisconnect, Request
 
+from couponsvc import schemas
 from couponsvc.errors import InvalidRequest, PayloadTooLarge
-from couponsvc.http import header, json_response, read_body
+from couponsvc.http import decode, header, json_response, read_body
 
 
 def request(headers: list[tuple[bytes, bytes]], messages: list[dict[str, Any]]) -> Request:
@@ -71,3 +73,35 @@ def test_a_json_response_carries_its_length_type_and_extra_headers() -> None:
     assert response.raw_headers == [(b"content-length", b"11"),
                                     (b"content-type", b"application/json"),
                                     (b"location", b"/coupons/1")]
+
+
+BOOK = "0b9e2f8e-8a37-4a5e-9d0b-0e6a2d9c1f11"
+
+
+@pytest.mark.parametrize(("kind", "body", "field"), [
+    (schemas.AssignRandom, {"couponBookId": BOOK, "userId": "alice\n"}, "userId"),
+    (schemas.AssignRandom, {"couponBookId": BOOK + "\n", "userId": "alice"}, "couponBookId"),
+    (schemas.CreateBook, {"name": "spring\n"}, "name"),
+    (schemas.CreateBook, {"name": "spring", "initialCouponAmount": 2,
+                          "codePattern": "Q#########\n"}, "codePattern"),
+    (schemas.UploadCodes, {"couponBookId": BOOK,
+                           "generate": {"pattern": "Q##########\n", "count": 2}},
+     "generate.pattern"),
+])
+def test_a_value_with_a_trailing_newline_is_refused(kind: type, body: dict[str, Any],
+                                                     field: str) -> None:
+    """msgspec matches a pattern with re.search, where `$` also matches
+    before a final newline: "alice\n" was taken as a user id (whose codes
+    the listing route then refused to show), and a code pattern ending in
+    one made codes that broke the COPY into Postgres (a 500)."""
+    with pytest.raises(InvalidRequest) as refused:
+        decode(msgspec.json.encode(body), kind)
+
+    assert refused.value.extra["field"] == field
+
+
+def test_the_same_values_without_the_newline_are_taken() -> None:
+    assert decode(msgspec.json.encode({"couponBookId": BOOK, "userId": "alice"}),
+                  schemas.AssignRandom).userId == "alice"
+    assert decode(msgspec.json.encode({"name": "spring", "description": "two\nlines\n"}),
+                  schemas.CreateBook).description == "two\nlines\n"
