@@ -70,6 +70,32 @@ local function emit_code(stream, kind, book_id, code, a, at, ...)
     'assignedAt', a.at, 'times', a.times, 'last', a.last, ...)
 end
 
+-- A lock that ran out (its key expired by itself) stays in the book's locks
+-- zset until recorded: this drops the entry and, for a code still assigned,
+-- emits `lock_expired` one version up, dated when the lock ended (its score).
+local function record_lock_expiry(assigned_key, locks_key, stream, book_id, code, a, ended_at)
+  redis.call('ZREM', locks_key, code)
+  if not a then return end
+  a.v = a.v + 1
+  write_assignment(assigned_key, code, a)
+  emit_code(stream, 'lock_expired', book_id, code, a, ended_at)
+end
+
+-- Records up to `limit` of a book's locks that ended before `now`, oldest
+-- first; returns how many. A lock key lives while `now` <= its end (Redis
+-- expires a key once the clock is past it), so only entries strictly
+-- before `now` are gone for sure.
+local function record_expired_locks(assigned_key, locks_key, stream, book_id, now, limit)
+  local ended = redis.call('ZRANGEBYSCORE', locks_key, '-inf', '(' .. now,
+    'WITHSCORES', 'LIMIT', 0, limit)
+  for i = 1, #ended, 2 do
+    local code = ended[i]
+    record_lock_expiry(assigned_key, locks_key, stream, book_id, code,
+      read_assignment(assigned_key, code), tonumber(ended[i + 1]))
+  end
+  return #ended / 2
+end
+
 -- The optional KEYS after an assign script's fixed ones. On one Redis the
 -- caller passes the book's number (ARGV) and the user's index of books, and
 -- the script adds the book there with the assignment; on a cluster the index

@@ -1,5 +1,6 @@
 -- Locks an assigned code for its owner for a while (SET NX PX: the lock
--- expires by itself). Also records, lazily, locks of this book that expired.
+-- expires by itself). Also records a few locks of this book that expired
+-- (the writer's sweep, expire_locks.lua, records the rest).
 -- KEYS[1] meta hash  KEYS[2] assigned hash  KEYS[3] lock key  KEYS[4] locks zset
 -- KEYS[5] events stream  KEYS[6] idempotency list (optional)
 -- ARGV[1] code  ARGV[2] user id  ARGV[3] new lock token  ARGV[4] ttl ms ('' = book default)
@@ -29,19 +30,11 @@ if not redis.call('SET', KEYS[3], token, 'NX', 'PX', ttl) then
   return {'locked', live_lock_until(KEYS[4], KEYS[3], code, now)}
 end
 
--- Expired locks stay in the zset until seen: record this code's earlier
--- lock (the NX above proves it is gone) and a few of the book's others.
-local function record_expiry(other, o)
-  redis.call('ZREM', KEYS[4], other)
-  if not o then return end
-  o.v = o.v + 1
-  if other ~= code then write_assignment(KEYS[2], other, o) end
-  emit_code(KEYS[5], 'lock_expired', m[1], other, o, now)
-end
-if redis.call('ZSCORE', KEYS[4], code) then record_expiry(code, a) end
-for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 16)) do
-  record_expiry(other, read_assignment(KEYS[2], other))
-end
+-- Expired locks stay in the zset until recorded: this code's earlier lock
+-- (the NX above proves it is gone) and a few of the book's others.
+local ended = redis.call('ZSCORE', KEYS[4], code)
+if ended then record_lock_expiry(KEYS[2], KEYS[4], KEYS[5], m[1], code, a, tonumber(ended)) end
+record_expired_locks(KEYS[2], KEYS[4], KEYS[5], m[1], now, 16)
 
 local until_ms = now + ttl
 a.v = a.v + 1

@@ -21,8 +21,15 @@ local held = redis.call('GET', KEYS[3])
 if held and held ~= token then return {'locked', live_lock_until(KEYS[4], KEYS[3], code, now)} end
 local limit = redeem_limit(m[4], m[5])
 if limit >= 0 and a.times >= limit then return {'redeemed', a.times} end
-if held then redis.call('DEL', KEYS[3]) end
-redis.call('ZREM', KEYS[4], code)
+if held then
+  redis.call('DEL', KEYS[3])
+  redis.call('ZREM', KEYS[4], code)
+else
+  -- A lock of this code that ran out, not yet recorded: recorded first, so
+  -- the trail tells a redemption under a lock from one after it ended.
+  local ended = redis.call('ZSCORE', KEYS[4], code)
+  if ended then record_lock_expiry(KEYS[2], KEYS[4], KEYS[5], m[1], code, a, tonumber(ended)) end
+end
 a.times = a.times + 1
 a.last = now
 a.v = a.v + 1

@@ -26,7 +26,7 @@ PRELUDE = "_prelude"
 # Scripts that may change state (see Replicas in coalesce.py).
 MUTATING = frozenset({"create_book", "claim_codes", "add_codes", "assign_random", "assign_code",
                       "lock", "unlock", "redeem", "claim_create",
-                      "settle_create"})
+                      "settle_create", "expire_locks"})
 NAMES = (
     "create_book",
     "claim_codes",
@@ -40,6 +40,7 @@ NAMES = (
     "list_user_codes",
     "claim_create",
     "settle_create",
+    "expire_locks",  # run by the writer
 )
 
 

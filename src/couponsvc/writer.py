@@ -23,11 +23,17 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from couponsvc.keys import Keys
+from couponsvc.keys import BookKeys, Keys
 from couponsvc.metrics import WriterMetrics
 from couponsvc.outbox import GROUP, Event, apply_events, parse_entries
+from couponsvc.scripts import Scripts
 
 log = logging.getLogger("couponsvc.writer")
+
+# Ended locks recorded per script call, and calls per book per sweep: up to
+# 16,000 expiries a second per book.
+SWEEP_SLICE = 1000
+SWEEP_SLICES = 16
 
 # Postgres errors that say "not now" rather than "never": retry, do not count.
 TRANSIENT = (
@@ -67,6 +73,10 @@ class WriterConfig:
     # to the hot path; a backlog is still drained without pause.
     linger_s: float = 0.05
     trim_interval_s: float = 5.0
+    # How often every book's ended locks are recorded (expire_locks.lua): the
+    # most a lock_expired event waits to be written, when nothing else in
+    # its book records it sooner.
+    lock_sweep_interval_s: float = 1.0
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
@@ -109,7 +119,8 @@ class _Batches:
 
 class Writer:
     def __init__(self, redis: Redis, pool: asyncpg.Pool, keys: Keys,
-                 config: WriterConfig | None = None, metrics: WriterMetrics | None = None) -> None:
+                 config: WriterConfig | None = None, metrics: WriterMetrics | None = None,
+                 scripts: Scripts | None = None) -> None:
         self.redis = redis
         self.pool = pool
         self.keys = keys
@@ -119,6 +130,8 @@ class Writer:
         self._retry_own: set[str] = set()  # streams whose pending entries to read again
         self._attempts: dict[tuple[str, str], int] = {}
         self._last_trim = 0.0
+        self._last_sweep = 0.0
+        self._scripts = scripts  # made on first use (sweeps only)
         self._last_claim: dict[str, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -148,20 +161,44 @@ class Writer:
         log.info("writer %s stopped", self.config.consumer)
 
     async def step(self) -> int:
-        """One pass over every book's stream; returns how many events were applied."""
+        """One pass over every book's stream; returns how many events were
+        applied, plus the lock expiries recorded (events for the next pass)."""
         numbers = sorted(int(n) for n in await self.redis.hvals(self.keys.books))
         applied = 0
         for number in numbers:
             applied += await self._drain_stream(self.keys.book(number).events)
+        if time.monotonic() - self._last_sweep > self.config.lock_sweep_interval_s:
+            self._last_sweep = time.monotonic()
+            for number in numbers:
+                applied += await self.record_expired_locks(self.keys.book(number))
         if time.monotonic() - self._last_trim > self.config.trim_interval_s:
             self._last_trim = time.monotonic()
             for number in numbers:
                 await trim_acknowledged(self.redis, self.keys.book(number).events)
         return applied
 
+    async def record_expired_locks(self, book: BookKeys) -> int:
+        """Records the book's ended locks (as lock_expired events), a slice per
+        script call (each call holds Redis for a moment only), at most
+        SWEEP_SLICES slices a sweep; returns how many."""
+        if self._scripts is None:
+            self._scripts = Scripts(self.redis)
+        total = 0
+        for _ in range(SWEEP_SLICES):
+            reply: Any = await self._scripts.run(
+                "expire_locks", [book.meta, book.assigned, book.locks, book.events],
+                [SWEEP_SLICE])
+            recorded = int(reply)  # this script answers a count
+            total += recorded
+            if recorded < SWEEP_SLICE:
+                break
+        return total
+
     async def drain(self, timeout_s: float = 60.0) -> None:
-        """Applies everything now in the streams, reclaiming any pending entry."""
+        """Applies everything now in the streams, reclaiming any pending entry,
+        and the expiry of every lock that has ended by now."""
         deadline = time.monotonic() + timeout_s
+        self._last_sweep = 0.0
         saved = self.config.claim_idle_ms
         self.config.claim_idle_ms = 0
         try:

@@ -215,10 +215,14 @@ class CouponModel:
             return refused("code-locked")
         if self.exhausted(state):
             return refused("code-redeemed")
+        events = []
+        if state.lock_token is None and state.expired_at is not None:
+            # A lock that ran out and was not yet recorded is recorded first.
+            events.append(self._change(code, "lock_expired"))
         self._release(state)
-        state.expired_at = None  # redeem drops an expired lock's entry without an event
         state.times += 1
-        expected = self._emit(state.book, [self._change(code, "redeemed")])
+        events.append(self._change(code, "redeemed"))
+        expected = self._emit(state.book, events)
         limit = self.books[state.book].redeem_limit
         expected.body = {"code": code, "couponBookId": state.book, "assignedTo": user,
                          "timesRedeemed": state.times,

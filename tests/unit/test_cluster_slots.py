@@ -4,7 +4,7 @@ on one Redis the assign scripts also write the user's index of books."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from redis.crc import key_slot
@@ -15,6 +15,7 @@ from couponsvc.schemas import CreateBook
 from couponsvc.scripts import NAMES, Scripts
 from couponsvc.settings import Settings
 from couponsvc.store import Store
+from couponsvc.writer import Writer
 
 pytestmark = pytest.mark.unit
 
@@ -58,6 +59,9 @@ async def record(redis: Any, writer: Any, cluster: bool) -> list[tuple[str, tupl
     await scripts.load()
     store = Store(redis, scripts, Settings(env="dev", key_prefix="shop7", redis_cluster=cluster))
     await exercise(Books(store), Coupons(store), writer)
+    # The outbox writer's own script: its sweep of ended locks.
+    writer_process = Writer(redis, cast(Any, None), store.keys, scripts=scripts)
+    await writer_process.record_expired_locks(store.keys.book(1))
     return scripts.calls
 
 

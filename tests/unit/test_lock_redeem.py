@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
 
 from couponsvc import errors
+from couponsvc import writer as writer_module
+from couponsvc.writer import Writer
 
 pytestmark = pytest.mark.unit
 
@@ -147,6 +150,99 @@ async def test_lock_records_expired_locks_of_other_codes(make_book, coupons, wri
     assert [(e["code"], e["user"], e["v"]) for e in expired] == [("C2", "bob", "3")]
     assert state_of(expired[0]) == await redis.hget("cb:{book:1}:assigned", "C2")
     assert (await books.get(book.id)).counts.locked == 1
+
+
+async def run_out(redis, code: str, ended_at: int) -> None:
+    """The lock of `code` ran out at `ended_at`, as Redis leaves it: the key
+    gone by itself, the locks zset still holding its end (not waited for)."""
+    await redis.delete(f"cb:{{book:1}}:lock:{code}")
+    await redis.zadd("cb:{book:1}:locks", {code: ended_at})
+
+
+async def test_an_expiry_is_dated_when_the_lock_ended(bobs_code, coupons, writer, redis,
+                                                      events):
+    await coupons.lock(writer, "C1", "bob", 60)
+    ended = ms(datetime.now(UTC)) - 5_000
+    await run_out(redis, "C1", ended)
+
+    await coupons.lock(writer, "C1", "bob", None)
+
+    expired = [e for e in await events(bobs_code.id) if e["type"] == "lock_expired"]
+    assert [(e["code"], e["at"], e["v"]) for e in expired] == [("C1", str(ended), "3")]
+
+
+async def test_a_redeem_after_a_lock_ran_out_records_the_expiry_first(bobs_code, coupons, writer,
+                                                                      redis, events):
+    """Without it the trail read locked -> redeemed, as if redeemed under the lock."""
+    await coupons.lock(writer, "C1", "bob", 60)
+    ended = ms(datetime.now(UTC)) - 5_000
+    await run_out(redis, "C1", ended)
+
+    await coupons.redeem(writer, "C1", "bob", None, None)
+
+    trail = [(e["type"], e["v"]) for e in await events(bobs_code.id) if e.get("code") == "C1"]
+    assert trail == [("assigned", "1"), ("locked", "2"), ("lock_expired", "3"), ("redeemed", "4")]
+    assert await redis.zrange("cb:{book:1}:locks", 0, -1) == []
+    owner, _, times, _, version = (await redis.hget("cb:{book:1}:assigned", "C1")).split("|")
+    assert (owner, times, version) == ("bob", "1", "4")
+
+
+async def test_a_redeem_under_its_lock_records_no_expiry(bobs_code, coupons, writer, events):
+    lock, _ = await coupons.lock(writer, "C1", "bob", 60)
+
+    await coupons.redeem(writer, "C1", "bob", lock.lockToken, None)
+
+    trail = [e["type"] for e in await events(bobs_code.id) if e.get("code") == "C1"]
+    assert trail == ["assigned", "locked", "redeemed"]
+
+
+# --- the writer's sweep of ended locks -------------------------------------------
+
+
+async def test_the_sweep_records_ended_locks_that_nothing_else_would(
+        make_book, coupons, writer, redis, events, store):
+    """A book that gets no later lock or redeem (one past its validUntil, say)
+    would keep its ended locks unrecorded, and Postgres would show them locked."""
+    book = await make_book(["C1", "C2", "C3"])
+    for code in ("C1", "C2", "C3"):
+        await coupons.assign_code(writer, code, "bob", None, None)
+        await coupons.lock(writer, code, "bob", 60)
+    ended = ms(datetime.now(UTC)) - 5_000
+    await run_out(redis, "C2", ended)
+    await run_out(redis, "C3", ended + 1)
+
+    await Writer(redis, cast(Any, None), store.keys).record_expired_locks(store.keys.book(1))
+
+    expired = [e for e in await events(book.id) if e["type"] == "lock_expired"]
+    assert [(e["code"], e["at"], e["v"]) for e in expired] == [
+        ("C2", str(ended), "3"), ("C3", str(ended + 1), "3")]
+    assert state_of(expired[0]) == await redis.hget("cb:{book:1}:assigned", "C2")
+    assert await redis.zrange("cb:{book:1}:locks", 0, -1) == ["C1"]  # still live
+    assert (await redis.hget("cb:{book:1}:assigned", "C1")).endswith("|2")
+
+
+async def test_a_sweep_records_its_slices_then_leaves_the_rest_for_the_next(
+        make_book, coupons, writer, redis, events, store, monkeypatch):
+    monkeypatch.setattr(writer_module, "SWEEP_SLICE", 2)
+    monkeypatch.setattr(writer_module, "SWEEP_SLICES", 2)
+    codes = [f"C{n}" for n in range(1, 6)]
+    book = await make_book(codes)
+    ended = ms(datetime.now(UTC)) - 5_000
+    for code in codes:
+        await coupons.assign_code(writer, code, "bob", None, None)
+        await coupons.lock(writer, code, "bob", 60)
+    for n, code in enumerate(codes):
+        await run_out(redis, code, ended + n)
+    sweeper = Writer(redis, cast(Any, None), store.keys)
+
+    await sweeper.record_expired_locks(store.keys.book(1))
+    first = [e["code"] for e in await events(book.id) if e["type"] == "lock_expired"]
+    await sweeper.record_expired_locks(store.keys.book(1))
+    both = [e["code"] for e in await events(book.id) if e["type"] == "lock_expired"]
+
+    assert first == codes[:4]  # oldest first, two slices of two
+    assert both == codes
+    assert await redis.zcard("cb:{book:1}:locks") == 0
 
 
 # --- unlock ------------------------------------------------------------------
