@@ -22,15 +22,16 @@ local a = read_assignment(KEYS[3], code)
 if a and a.owner ~= user then return {'not_owner'} end
 if not a and redis.call('SISMEMBER', KEYS[2], code) == 0 then return {'code_not_found'} end
 local now = now_ms()
-if outside_window(m[2], m[3], now) then return {'book_not_active'} end
 local limit = redeem_limit(m[5], m[6])
 if a then
-  -- Already this user's: the same answer, no change. It is a success, so a
-  -- retry with the same Idempotency-Key replays it like any other.
+  -- Already this user's: the same answer, no change (also outside the
+  -- validity window: nothing is assigned). It is a success, so a retry with
+  -- the same Idempotency-Key replays it like any other.
   local result = reply('ok', code_view(m[1], code, a, locked_until(KEYS[5], code, now), limit))
   idem_store(idem_key, ARGV[5], ARGV[6], result)
   return result
 end
+if outside_window(m[2], m[3], now) then return {'book_not_active'} end
 local cap = tonumber(m[4])
 if cap and redis.call('ZCARD', KEYS[4]) >= cap then return {'user_limit_reached', cap} end
 note_user_book(index_key, ARGV[4])

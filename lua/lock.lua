@@ -17,10 +17,12 @@ if not m[1] then return {'book_not_found'} end
 local a = read_assignment(KEYS[2], code)
 if not a then return {'not_assigned'} end
 if a.owner ~= user then return {'not_owner'} end
-local now = now_ms()
-if outside_window(m[2], m[3], now) then return {'book_not_active'} end
+-- A used-up code says so whenever asked; the window matters only to what
+-- could still happen.
 local limit = redeem_limit(m[5], m[6])
 if limit >= 0 and a.times >= limit then return {'redeemed', a.times} end
+local now = now_ms()
+if outside_window(m[2], m[3], now) then return {'book_not_active'} end
 local ttl = tonumber(ARGV[4]) or tonumber(m[4])
 -- A lock ends when the book does: after validUntil its token could redeem
 -- nothing, so lockedUntil never promises more.

@@ -15,12 +15,14 @@ if not m[1] then return {'book_not_found'} end
 local a = read_assignment(KEYS[2], code)
 if not a then return {'not_assigned'} end
 if a.owner ~= user then return {'not_owner'} end
+-- A used-up code says so whenever asked (it holds no lock: redeeming
+-- released it, and a used-up code cannot be locked).
+local limit = redeem_limit(m[4], m[5])
+if limit >= 0 and a.times >= limit then return {'redeemed', a.times} end
 local now = now_ms()
 if outside_window(m[2], m[3], now) then return {'book_not_active'} end
 local held = redis.call('GET', KEYS[3])
 if held and held ~= token then return {'locked', live_lock_until(KEYS[4], KEYS[3], code, now)} end
-local limit = redeem_limit(m[4], m[5])
-if limit >= 0 and a.times >= limit then return {'redeemed', a.times} end
 if held then
   redis.call('DEL', KEYS[3])
   redis.call('ZREM', KEYS[4], code)

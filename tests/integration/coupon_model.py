@@ -150,12 +150,12 @@ class CouponModel:
             return refused("code-not-found" if hide else "book-mismatch")
         if state.owner not in (None, user):
             return refused("code-not-found" if hide else "code-already-assigned")
-        if not self.books[state.book].active:
-            return refused("book-not-active")
         if state.owner == user:  # assigning it again answers the assignment, changes nothing
             expected = Expected(book=state.book, body=self.view(code))
             self._store(caller, key, expected.body)  # a success: a retry replays it
             return expected
+        if not self.books[state.book].active:
+            return refused("book-not-active")
         cap = self.books[state.book].max_per_user
         if cap is not None and len(self.held_by(user, state.book)) >= cap:
             return refused("user-limit-reached")
@@ -163,11 +163,13 @@ class CouponModel:
 
     def lock(self, caller: Caller, code: str, user: str, token: str | None) -> Expected:
         """`token`: the lock token the service issued, if any."""
-        if (early := self._owner_checks(caller, code, user, window=True)) is not None:
+        if (early := self._owner_checks(caller, code, user)) is not None:
             return early
         state = self.codes[code]
-        if self.exhausted(state):
+        if self.exhausted(state):  # said whenever asked, in the window or not
             return refused("code-redeemed")
+        if not self.books[state.book].active:
+            return refused("book-not-active")
         if state.lock_token is not None:
             return refused("code-locked")
         if token is None:  # the service refused: expect success, change nothing
@@ -188,7 +190,7 @@ class CouponModel:
         return expected
 
     def unlock(self, caller: Caller, code: str, user: str, token: str) -> Expected:
-        if (early := self._owner_checks(caller, code, user, window=False)) is not None:
+        if (early := self._owner_checks(caller, code, user)) is not None:
             return early
         state = self.codes[code]
         if state.lock_token is None:
@@ -208,13 +210,15 @@ class CouponModel:
             return refused("code-not-found")
         if (early := self._idempotency(caller, key, ("redeem", code, user, token))) is not None:
             return early
-        if (early := self._owner_checks(caller, code, user, window=True)) is not None:
+        if (early := self._owner_checks(caller, code, user)) is not None:
             return early
         state = self.codes[code]
+        if self.exhausted(state):  # said whenever asked (it holds no lock)
+            return refused("code-redeemed")
+        if not self.books[state.book].active:
+            return refused("book-not-active")
         if state.lock_token is not None and token != state.lock_token:
             return refused("code-locked")
-        if self.exhausted(state):
-            return refused("code-redeemed")
         events = []
         if state.lock_token is None and state.expired_at is not None:
             # A lock that ran out and was not yet recorded is recorded first.
@@ -239,8 +243,7 @@ class CouponModel:
 
     # --- helpers -----------------------------------------------------------------
 
-    def _owner_checks(self, caller: Caller, code: str, user: str,
-                      window: bool) -> Expected | None:
+    def _owner_checks(self, caller: Caller, code: str, user: str) -> Expected | None:
         if not caller.may_act_for(user):
             return refused("forbidden")
         if code not in self.codes:
@@ -248,8 +251,6 @@ class CouponModel:
         if self.codes[code].owner != user:
             # An end user cannot tell another user's code from an unknown one.
             return refused("code-not-assigned" if caller.acts_for_anyone else "code-not-found")
-        if window and not self.books[self.codes[code].book].active:
-            return refused("book-not-active")
         return None
 
     def _idempotency(self, caller: Caller, key: str | None,

@@ -211,6 +211,23 @@ async def test_end_user_cannot_probe_codes_of_an_inactive_book(make_book, coupon
         await coupons.assign_code(alice, "C1", "alice", None, None)
 
 
+async def test_assigning_ones_own_code_again_after_the_window_answers_it(
+        make_book, coupons, writer, redis, events):
+    """It changes nothing, so the window does not matter to it (the docs promise
+    the existing assignment); a new assignment is still refused."""
+    book = await make_book(CODES)
+    first = await coupons.assign_code(writer, "C1", "bob", None, None)
+    await redis.hset("cb:{book:1}:meta", "validUntil", ms(datetime.now(UTC)) - 1000)
+    before = len(await events(book.id))
+
+    again = await coupons.assign_code(writer, "C1", "bob", None, None)
+
+    assert again.coupon == first.coupon
+    assert len(await events(book.id)) == before
+    with pytest.raises(errors.BookNotActive):
+        await coupons.assign_code(writer, "C2", "bob", None, None)
+
+
 async def test_assignments_gathered_at_once_each_get_their_own_outcome(
         make_book, coupons, writer, redis):
     """More calls than codes, over more than one batch of the pipelining client:

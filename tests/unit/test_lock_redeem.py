@@ -118,6 +118,19 @@ async def test_lock_and_redeem_outside_the_validity_window(bobs_code, coupons, w
     assert (await redis.hget("cb:{book:1}:assigned", "C1")).endswith("|0|0|1")
 
 
+async def test_a_used_up_code_says_so_also_after_the_window(bobs_code, coupons, writer, redis):
+    """Redeemed is for good; "not active" would suggest it might work later."""
+    await coupons.redeem(writer, "C1", "bob", None, None)
+    await redis.hset("cb:{book:1}:meta", "validUntil", ms(datetime.now(UTC)) - 1000)
+
+    with pytest.raises(errors.CodeRedeemed):
+        await coupons.lock(writer, "C1", "bob", None)
+    with pytest.raises(errors.CodeRedeemed):
+        await coupons.redeem(writer, "C1", "bob", None, None)
+    _, _, times, _, version = (await redis.hget("cb:{book:1}:assigned", "C1")).split("|")
+    assert (times, version) == ("1", "2")
+
+
 async def test_expired_lock_is_recorded_before_the_next_lock(bobs_code, coupons, writer, redis,
                                                              events):
     first, _ = await coupons.lock(writer, "C1", "bob", 1)
