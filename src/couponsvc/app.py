@@ -69,6 +69,28 @@ def connect_redis(settings: Settings) -> Redis:
     )
 
 
+async def warn_unless_noeviction(redis: Redis) -> None:
+    """Logs a warning when Redis may evict keys under memory pressure (any
+    `maxmemory-policy` but `noeviction`): an evicted free set or assignment
+    loses codes, an evicted lock leaves its code locked in the listings, an
+    evicted idempotency record lets a retried redeem count twice. With
+    noeviction a full Redis refuses writes instead (503), and loses nothing.
+    A warning, not a refusal: the setting is often the provider's to change."""
+    try:
+        info = await redis.info("memory")
+    except RedisError as exc:
+        log.warning("could not read Redis's maxmemory-policy: %s", exc)
+        return
+    # One server answers its fields; the cluster client one dict per node.
+    nodes = [info] if "maxmemory_policy" in info else \
+        [node for node in info.values() if isinstance(node, dict)]
+    policies = sorted({str(node.get("maxmemory_policy")) for node in nodes} - {"noeviction"})
+    if policies:
+        log.warning("Redis's maxmemory-policy is %s: under memory pressure it may evict "
+                    "codes, assignments, locks or idempotency records; set it to "
+                    "noeviction (docs/deployment.md)", ", ".join(policies))
+
+
 def _checkout_first(op: Operation) -> int:
     if op.operation_id in CHECKOUT_OPERATIONS:
         return CHECKOUT_OPERATIONS.index(op.operation_id)
@@ -120,6 +142,7 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
             except RedisError as exc:
                 # Not fatal: a script missing on the server is loaded on first use.
                 log.warning("could not register scripts at start-up: %s", exc)
+            await warn_unless_noeviction(redis)
             store = Store(redis, scripts, settings)
             records = Records(pool) if pool is not None else None
             if serving:
