@@ -118,7 +118,10 @@ class Lock(Base):
 
 class Unlock(Base):
     userId: UserId
-    lockToken: LockToken
+    # An operator may release a lock whose token was lost (it would hold
+    # until it ran out).
+    lockToken: Annotated[LockToken | None, Meta(
+        description="Required, except from a coupons:admin token")] = None
 
 
 class Redeem(Base):

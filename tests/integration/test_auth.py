@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from .api_client import Api, http_client
 from .names import new_code, new_user
 from .problems import assert_problem
+from .redis_state import book_keys
 from .servers import ApiServer, Stack
 from .tokens import ADMIN, AUDIENCE, ISSUER, WRITE, bearer, make_token, unsigned_token
 
@@ -205,6 +206,32 @@ async def test_admin_may_act_for_any_user(api: Api) -> None:
     response = await api.assign(book["id"], new_user(), token=api.server.token("ops", ADMIN))
 
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize("who", ["writer", "end-user"])
+async def test_only_an_operator_may_unlock_without_the_lock_token(api: Api, redis: Redis,
+                                                                   who: str) -> None:
+    """An operator can free a code whose lock token was lost (a lock may last
+    a day); a checkout must prove it holds the lock."""
+    book, code, owner = await api.owned_code()
+    lock_key = f"{await book_keys(redis, book['id'])}:lock:{code}"
+    locked = await api.lock(code, owner, 3600)
+    assert locked.status_code == 200, locked.text
+    caller = api.server.writer if who == "writer" else api.server.user(owner)
+
+    refused = await api.post(f"/coupons/unlock/{code}", {"userId": owner}, token=caller)
+    still = await redis.exists(lock_key)
+    freed = await api.post(f"/coupons/unlock/{code}", {"userId": owner},
+                           token=api.server.token("ops", ADMIN))
+
+    problem = assert_problem(refused, 400, "invalid-request")
+    assert problem["field"] == "lockToken"
+    assert still == 1
+    assert freed.status_code == 200, freed.text
+    assert (freed.json()["status"], freed.json()["locked"]) == ("assigned", False)
+    assert await redis.exists(lock_key) == 0
+    relocked = await api.lock(code, owner, token=caller)
+    assert relocked.status_code == 200, relocked.text
 
 
 @pytest.mark.parametrize("action", ["assign", "assign-code", "lock", "unlock", "redeem",

@@ -290,6 +290,33 @@ async def test_unlock_refusals(bobs_code, coupons, writer, alice, redis):
     assert await redis.get("cb:{book:1}:lock:C1") == lock.lockToken
 
 
+async def test_an_operator_releases_a_lock_whose_token_was_lost(bobs_code, coupons, admin,
+                                                                redis, events):
+    await coupons.lock(admin, "C1", "bob", 3600)
+
+    coupon = await coupons.unlock(admin, "C1", "bob", None)
+
+    assert (coupon.status, coupon.locked) == ("assigned", False)
+    assert await redis.exists("cb:{book:1}:lock:C1") == 0
+    assert await redis.zscore("cb:{book:1}:locks", "C1") is None
+    assert (await events(bobs_code.id))[-1].items() >= {
+        "type": "unlocked", "code": "C1", "user": "bob", "v": "3", "forced": "1"}.items()
+
+
+async def test_only_an_operator_may_leave_the_token_out(bobs_code, coupons, writer, admin,
+                                                        redis):
+    lock, _ = await coupons.lock(writer, "C1", "bob", None)
+
+    with pytest.raises(errors.InvalidRequest):
+        await coupons.unlock(writer, "C1", "bob", None)
+    with pytest.raises(errors.CodeLocked):  # a token given must be the lock's, also for them
+        await coupons.unlock(admin, "C1", "bob", "not-the-token")
+    assert await redis.get("cb:{book:1}:lock:C1") == lock.lockToken
+    await coupons.unlock(admin, "C1", "bob", None)
+    with pytest.raises(errors.NotLocked):
+        await coupons.unlock(admin, "C1", "bob", None)
+
+
 # --- redeem ------------------------------------------------------------------
 
 
