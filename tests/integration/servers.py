@@ -26,6 +26,9 @@ from .tokens import ADMIN, WRITE, make_token
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 15.0
+# The API's COUPONSVC_MAX_BODY_BYTES (the limit of an upload of codes): small,
+# so that a test can send a body past it cheaply.
+MAX_UPLOAD_BYTES = 1_048_576
 
 
 def free_port() -> int:
@@ -149,7 +152,7 @@ class ApiServer:
             "COUPONSVC_JWT_SECRET": self.secret,
             "COUPONSVC_ENV": "test",
             "COUPONSVC_KEY_PREFIX": "cb",
-            "COUPONSVC_MAX_BODY_BYTES": "1048576",
+            "COUPONSVC_MAX_BODY_BYTES": str(MAX_UPLOAD_BYTES),
             # The suite fires many requests per caller; the abuse limits have
             # their own tests (test_rate_limits.py), which turn them on.
             "COUPONSVC_RATE_LIMITS": "off",

@@ -339,10 +339,12 @@ async def test_a_create_key_reused_with_another_body_is_409(api: Api, redis: Red
 
 async def test_concurrent_creates_with_one_key_make_one_book(api: Api, redis: Redis) -> None:
     """Ten at once: one makes the book; each other one gets that book or, while
-    it is being made, 409 in-progress with Retry-After. Never a second book."""
+    it is being made, 409 in-progress with Retry-After. Never a second book,
+    nor a second batch of its initial codes."""
     maker = api.server.token(MAKER, "coupons:admin coupons:write")
     headers = {"Idempotency-Key": f"book-{uuid.uuid4()}"}
-    body = {"name": "Raced", "initialCouponAmount": 200}
+    initial = 200
+    body = {"name": "Raced", "initialCouponAmount": initial}
     books_before = await redis.hlen("cb:books")
 
     answers = await asyncio.gather(*(
@@ -357,6 +359,12 @@ async def test_concurrent_creates_with_one_key_make_one_book(api: Api, redis: Re
         assert_problem(waiting, 409, "idempotency-key-in-progress")
         assert waiting.headers["retry-after"] == "1"
     assert await redis.hlen("cb:books") == books_before + 1
+    book_id = made[0].json()["id"]
+    assert {a.json()["counts"]["total"] for a in made} == {initial}
+    counts = (await api.get(f"/coupons/{book_id}")).json()["counts"]
+    assert (counts["total"], counts["available"]) == (initial, initial)
+    assert await redis.scard(f"{await book_keys(redis, book_id)}:free") == initial
+    assert len(await events(redis, book_id, "book_created")) == 1
 
 
 async def test_a_create_still_in_progress_is_409_with_retry_after(

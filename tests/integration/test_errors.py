@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
 from couponsvc.app import create_app
@@ -22,10 +23,13 @@ from couponsvc.store import Store
 from .api_client import Api
 from .names import new_code, new_user
 from .problems import assert_problem
-from .servers import RedisServer, started
+from .redis_state import book_keys
+from .servers import MAX_UPLOAD_BYTES, RedisServer, started
 from .tokens import ADMIN, WRITE, bearer, make_token
 
 pytestmark = pytest.mark.integration
+
+SMALL_BODY_BYTES = 64 * 1024  # every body but an upload of codes
 
 POST_ROUTES = ["/coupons", "/coupons/codes", "/coupons/assign", "/coupons/assign/SOMECODE",
                "/coupons/lock/SOMECODE", "/coupons/unlock/SOMECODE", "/coupons/redeem/SOMECODE"]
@@ -66,6 +70,39 @@ async def test_a_utf8_charset_parameter_is_accepted(api: Api, charset: str) -> N
     assert response.json()["couponBookId"] == book["id"]
 
 
+@pytest.mark.parametrize("media", ["application/vnd.api+json", "application/merge-patch+json",
+                                   "Application/Vnd.Api+JSON"])
+async def test_a_json_suffix_type_is_read_as_json(api: Api, media: str) -> None:
+    """docs/api.md, Bodies: any `+json` type is JSON (RFC 6839)."""
+    book, [code] = await api.book_with_codes(1)
+    user = new_user()
+    body = json.dumps({"userId": user, "couponBookId": book["id"]}).encode()
+
+    response = await api.client.post(
+        "/coupons/assign", content=body,
+        headers={**bearer(api.server.writer), "Content-Type": media})
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["code"], response.json()["assignedTo"]) == (code, user)
+
+
+async def test_a_body_without_content_type_is_read_as_json(api: Api) -> None:
+    """docs/api.md, Bodies: a client that sends no Content-Type (curl -d
+    without -H, a bare fetch) is not refused."""
+    book, [code] = await api.book_with_codes(1)
+    user = new_user()
+    body = json.dumps({"userId": user, "couponBookId": book["id"]}).encode()
+
+    response = await api.client.post("/coupons/assign", content=body,
+                                     headers=bearer(api.server.writer))
+
+    assert "content-type" not in response.request.headers
+    assert response.status_code == 200, response.text
+    assert (response.json()["code"], response.json()["assignedTo"]) == (code, user)
+    [listed] = (await api.get(f"/users/{user}/coupons")).json()
+    assert listed["code"] == code
+
+
 @pytest.mark.parametrize("path", POST_ROUTES)
 @pytest.mark.parametrize("raw", [b'{"userId": ', b"null", b"[1, 2]", b'"text"'],
                          ids=["truncated", "null", "array", "string"])
@@ -84,6 +121,56 @@ async def test_checkout_routes_refuse_bodies_over_64_kib(api: Api, path: str) ->
     response = await api.post(path, body)
 
     assert_problem(response, 413, "payload-too-large")
+
+
+async def test_a_create_over_64_kib_is_413_and_makes_no_book(api: Api, redis: Redis) -> None:
+    """A valid body, padded with JSON whitespace past the limit: refused for
+    its size alone (without the limit it would make a book)."""
+    body = json.dumps({"name": f"too big {uuid.uuid4()}"}).encode()
+    body += b" " * (SMALL_BODY_BYTES + 1 - len(body))
+    books_before = await redis.hlen("cb:books")
+
+    response = await api.client.post(
+        "/coupons", content=body,
+        headers={**bearer(api.server.admin), "Content-Type": "application/json"})
+
+    assert_problem(response, 413, "payload-too-large")
+    assert await redis.hlen("cb:books") == books_before
+
+
+async def _text_body(codes: list[str], size: int) -> AsyncIterator[bytes]:
+    """`codes` one per line, in chunks of about 64 KiB, `size` bytes in all
+    (sent chunked: no Content-Length for the server to refuse up front)."""
+    text = "\n".join(codes).encode()
+    text += b"\n" * (size - len(text))
+    for start in range(0, len(text), 65_536):
+        yield text[start:start + 65_536]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_text_upload_over_the_body_limit_is_413_and_adds_no_code(
+        api: Api, redis: Redis, framing: str) -> None:
+    """One byte over COUPONSVC_MAX_BODY_BYTES, every line a valid code: the
+    whole upload is refused, not the codes that fit."""
+    book = await api.create_book()
+    codes = [new_code() for _ in range(MAX_UPLOAD_BYTES // 40)]
+    size = MAX_UPLOAD_BYTES + 1
+    content: bytes | AsyncIterator[bytes] = _text_body(codes, size)
+    if framing == "content-length":
+        content = b"".join([chunk async for chunk in _text_body(codes, size)])
+        assert len(content) == size
+
+    response = await api.client.post(
+        "/coupons/codes", params={"couponBookId": book["id"]}, content=content,
+        headers={**bearer(api.server.admin), "Content-Type": "text/plain"})
+
+    assert ("content-length" in response.request.headers) == (framing == "content-length")
+    assert_problem(response, 413, "payload-too-large")
+    view = (await api.get(f"/coupons/{book['id']}")).json()
+    assert view["counts"]["total"] == 0
+    prefix = await book_keys(redis, book["id"])
+    assert await redis.scard(f"{prefix}:free") == 0
+    assert_problem(await api.assign_code(codes[0], new_user()), 404, "code-not-found")
 
 
 async def test_unknown_route_is_a_404_problem(api: Api) -> None:
@@ -174,6 +261,31 @@ async def test_one_of_each_error_a_request_can_provoke_is_a_clean_problem(api: A
     assert_problem(await api.redeem(code, owner), 423, "code-locked")
     assert (await api.redeem(code, owner, lock["lockToken"])).status_code == 200
     assert_problem(await api.redeem(code, owner), 423, "code-redeemed")
+
+
+async def test_a_key_used_for_a_random_assign_is_409_for_an_assign_by_code(
+        api: Api, redis: Redis) -> None:
+    """A key belongs to one request, its path included: the random assign's
+    very bytes sent to /coupons/assign/{code} are another request, which
+    must neither replay the random assign's answer nor take the code."""
+    book, codes = await api.book_with_codes(2)
+    user = new_user()
+    headers = {**bearer(api.server.writer), "Content-Type": "application/json",
+               "Idempotency-Key": f"order-{uuid.uuid4()}"}
+    body = json.dumps({"userId": user, "couponBookId": book["id"]}).encode()
+    first = await api.client.post("/coupons/assign", content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    [other] = set(codes) - {first.json()["code"]}
+    prefix = await book_keys(redis, book["id"])
+    events_before = await redis.xlen(f"{prefix}:events")
+
+    response = await api.client.post(f"/coupons/assign/{other}", content=body, headers=headers)
+
+    assert_problem(response, 409, "idempotency-key-reused")
+    assert await redis.sismember(f"{prefix}:free", other)
+    assert await redis.hget(f"{prefix}:assigned", other) is None
+    assert await redis.zrange(f"{prefix}:user:{user}", 0, -1) == [first.json()["code"]]
+    assert await redis.xlen(f"{prefix}:events") == events_before
 
 
 # --- a bug inside a handler: 500, logged, nothing leaked ----------------------

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -13,6 +17,7 @@ from .api_client import Api
 from .names import new_code, new_user
 from .problems import assert_problem
 from .redis_state import book_keys, events
+from .tokens import WRITE, bearer
 
 pytestmark = pytest.mark.integration
 
@@ -57,14 +62,22 @@ async def test_lock_uses_the_book_ttl_by_default(api: Api, redis: Redis) -> None
 
 
 async def test_a_second_lock_is_423_with_retry_after(api: Api) -> None:
+    """Retry-After is the time the lock has left, rounded up: a client that
+    waits that long finds the code free, one that waits less is refused again."""
     _, code, user = await api.owned_code()
     first = (await api.lock(code, user, ttl=30)).json()
+    locked_until = datetime.fromisoformat(first["lockedUntil"]).timestamp()
 
+    sent = math.floor(time.time() * 1000) / 1000  # the server counts in milliseconds
     second = await api.lock(code, user, ttl=30)
+    answered = time.time()
 
     problem = assert_problem(second, 423, "code-locked")
-    assert 1 <= int(second.headers["retry-after"]) <= 30
-    assert problem["retryAfterSeconds"] == int(second.headers["retry-after"])
+    retry_after = int(second.headers["retry-after"])
+    # The server took "now" somewhere between sending and answering.
+    assert math.ceil(locked_until - answered) <= retry_after <= math.ceil(locked_until - sent)
+    assert 29 <= retry_after <= 30
+    assert problem["retryAfterSeconds"] == retry_after
     assert datetime.fromisoformat(problem["lockedUntil"]) == datetime.fromisoformat(
         first["lockedUntil"])
 
@@ -213,6 +226,44 @@ async def test_a_lock_whose_answer_was_lost_is_recovered_with_its_key(
     assert len(await events(redis, book["id"], "locked")) == 1
     redeemed = await api.redeem(code, user, retry.json()["lockToken"], token=token)
     assert redeemed.status_code == 200, redeemed.text
+
+
+async def _code_state(redis: Redis, prefix: str, code: str) -> tuple[Any, ...]:
+    """What a lock or redeem of `code` would change in its book."""
+    return (await redis.hget(f"{prefix}:assigned", code),
+            await redis.get(f"{prefix}:lock:{code}"),
+            await redis.zscore(f"{prefix}:locks", code),
+            await redis.xlen(f"{prefix}:events"))
+
+
+@pytest.mark.parametrize("then", ["lock", "redeem"])
+async def test_a_key_used_for_one_code_is_409_for_another(
+        api: Api, redis: Redis, then: str) -> None:
+    """A key belongs to one request, its path included: the same bytes sent
+    for another code of the same user (a client reusing an order's key for
+    its next code) are another request. Neither a replay of the first
+    answer nor a second lock or redeem under that key."""
+    book, codes = await api.book_with_codes(2)
+    user = new_user()
+    for code in codes:
+        assert (await api.assign_code(code, user)).status_code == 200
+    first_code, other_code = codes
+    headers = {**bearer(api.server.token("checkout", WRITE)), "Content-Type": "application/json",
+               "Idempotency-Key": f"order-{uuid.uuid4()}"}
+    body = json.dumps({"userId": user}).encode()
+    locked = await api.client.post(f"/coupons/lock/{first_code}", content=body, headers=headers)
+    assert locked.status_code == 200, locked.text
+    prefix = await book_keys(redis, book["id"])
+    before = await _code_state(redis, prefix, other_code)
+
+    other = await api.client.post(f"/coupons/{then}/{other_code}", content=body,
+                                  headers=headers)
+
+    assert_problem(other, 409, "idempotency-key-reused")
+    assert await _code_state(redis, prefix, other_code) == before
+    listed = {c["code"]: c for c in (await api.get(f"/users/{user}/coupons")).json()}
+    assert (listed[other_code]["status"], listed[other_code]["timesRedeemed"]) == ("assigned", 0)
+    assert listed[first_code]["lockedUntil"] == locked.json()["lockedUntil"]
 
 
 @pytest.mark.parametrize("action", PATH_ACTIONS)

@@ -9,6 +9,8 @@ per-address counters of one test do not leak into another.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -35,6 +37,11 @@ ASSIGNS_PER_CALLER = 4
 # could make each within their own limit.
 ASSIGNS_PER_ADDRESS = 6
 ASSIGNS_PER_USER = 2
+# Every limit here is per minute: a refused caller may try again once the
+# window its first counted request opened has passed.
+WINDOW_SECONDS = 60
+# Requests fired at once by the burst tests, far more than any limit above.
+BURST = 20
 
 
 @pytest.fixture(scope="module")
@@ -92,32 +99,85 @@ async def address_limited(address_limited_server: ApiServer) -> AsyncIterator[Ap
         yield Api(client, address_limited_server)
 
 
-def assert_throttled(response: httpx.Response) -> None:
+def assert_throttled(response: httpx.Response, window_opened: float) -> None:
+    """A 429 whose Retry-After is the time left in the window of the limit
+    that refused: it opened with the first request counted, at
+    `window_opened` or a little later (time.time() taken before that request
+    was sent), and runs WINDOW_SECONDS from there. Not a token second that
+    would send the client straight back into the limit."""
     body = assert_problem(response, 429, "too-many-requests")
     retry_after = int(response.headers["Retry-After"])
-    assert 1 <= retry_after <= 60
+    left = WINDOW_SECONDS - (time.time() - window_opened)
+    assert left - 1 <= retry_after <= WINDOW_SECONDS, (retry_after, left)
     assert body["retryAfterSeconds"] == retry_after
 
 
 async def test_a_guessing_loop_is_throttled(limited: Api) -> None:
     user = new_user()
     token = limited.server.user(user)
+    window_opened = time.time()
     answers = [(await limited.lock(new_code("GUESS"), user, token=token)).status_code
                for _ in range(MISSES_PER_CALLER)]
     assert answers == [404] * MISSES_PER_CALLER
     for _ in range(3):
-        assert_throttled(await limited.redeem(new_code("GUESS"), user, token=token))
+        assert_throttled(await limited.redeem(new_code("GUESS"), user, token=token),
+                         window_opened)
 
 
 async def test_a_throttled_guesser_cannot_use_even_a_real_code(limited: Api) -> None:
     _, code, user = await limited.owned_code()
     token = limited.server.user(user)
+    window_opened = time.time()
     for _ in range(MISSES_PER_CALLER):
         assert (await limited.lock(new_code("GUESS"), user, token=token)).status_code == 404
-    assert_throttled(await limited.lock(new_code("GUESS"), user, token=token))
+    assert_throttled(await limited.lock(new_code("GUESS"), user, token=token), window_opened)
     # The look-up of its own code is refused too while the window lasts:
     # otherwise the limit would not stop guessing.
-    assert_throttled(await limited.lock(code, user, token=token))
+    assert_throttled(await limited.lock(code, user, token=token), window_opened)
+
+
+async def test_a_burst_of_guesses_gets_exactly_the_limit_of_404s(limited: Api) -> None:
+    """Look-ups fired all at once: each miss is counted in one step in Redis,
+    so however the requests interleave exactly the limit are answered 404,
+    and every other one is 429 (not a 404 that lets a guess through)."""
+    user = new_user()
+    token = limited.server.user(user)
+    window_opened = time.time()
+
+    answers = await asyncio.gather(*(limited.lock(new_code("GUESS"), user, token=token)
+                                     for _ in range(BURST)))
+
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [404] * MISSES_PER_CALLER + [429] * (BURST - MISSES_PER_CALLER)
+    for answer in answers:
+        if answer.status_code == 404:
+            assert_problem(answer, 404, "code-not-found")
+        else:
+            assert_throttled(answer, window_opened)
+
+
+async def test_a_burst_of_assigns_gets_exactly_the_limit(limited: Api, redis: Redis) -> None:
+    """An end user's script firing assigns all at once: exactly the limit are
+    served, the rest are 429, and only the served ones took a code."""
+    book, codes = await limited.book_with_codes(BURST, maxPerUser=BURST)
+    prefix = await book_keys(redis, book["id"])
+    user = new_user()
+    token = limited.server.user(user)
+    window_opened = time.time()
+
+    answers = await asyncio.gather(*(limited.assign(book["id"], user, token=token)
+                                     for _ in range(BURST)))
+
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [200] * ASSIGNS_PER_CALLER + [429] * (BURST - ASSIGNS_PER_CALLER)
+    served = {answer.json()["code"] for answer in answers if answer.status_code == 200}
+    for answer in answers:
+        if answer.status_code == 429:
+            assert_throttled(answer, window_opened)
+    assert len(served) == ASSIGNS_PER_CALLER and served <= set(codes)
+    assert set(await redis.zrange(f"{prefix}:user:{user}", 0, -1)) == served
+    assert await redis.hlen(f"{prefix}:assigned") == ASSIGNS_PER_CALLER
+    assert await redis.scard(f"{prefix}:free") == BURST - ASSIGNS_PER_CALLER
 
 
 async def test_the_address_limit_spans_users(limited: Api) -> None:
@@ -133,9 +193,10 @@ async def test_the_address_limit_spans_users(limited: Api) -> None:
 
 async def test_a_back_end_is_limited_per_user_it_acts_for(limited: Api) -> None:
     guesser, honest = new_user(), new_user()
+    window_opened = time.time()
     for _ in range(MISSES_PER_CALLER):
         assert (await limited.lock(new_code("GUESS"), guesser)).status_code == 404
-    assert_throttled(await limited.lock(new_code("GUESS"), guesser))
+    assert_throttled(await limited.lock(new_code("GUESS"), guesser), window_opened)
     # The same back-end token, for another user: unaffected.
     assert (await limited.assign_code(new_code("GUESS"), honest)).status_code == 404
     _, [code] = await limited.book_with_codes(1)
@@ -176,9 +237,10 @@ async def test_hoarding_assigns_are_throttled(limited: Api, redis: Redis) -> Non
     book, _ = await limited.book_with_codes(10, maxPerUser=10)
     user = new_user()
     token = limited.server.user(user)
+    window_opened = time.time()
     for _ in range(ASSIGNS_PER_CALLER):
         assert (await limited.assign(book["id"], user, token=token)).status_code == 200
-    assert_throttled(await limited.assign(book["id"], user, token=token))
+    assert_throttled(await limited.assign(book["id"], user, token=token), window_opened)
     # Refused before the script: no code moved.
     view = (await limited.get(f"/coupons/{book['id']}")).json()
     assert view["counts"]["assigned"] == ASSIGNS_PER_CALLER
@@ -203,6 +265,7 @@ async def test_end_users_behind_one_address_share_its_assign_limit(
     api = address_limited
     book, codes = await api.book_with_codes(20, maxPerUser=ASSIGNS_PER_USER)
     prefix = await book_keys(redis, book["id"])
+    window_opened = time.time()
     for _ in range(ASSIGNS_PER_ADDRESS // ASSIGNS_PER_USER):
         user = new_user()
         for _ in range(ASSIGNS_PER_USER):
@@ -212,9 +275,10 @@ async def test_end_users_behind_one_address_share_its_assign_limit(
 
     latecomer = new_user()
     token = api.server.user(latecomer)
-    assert_throttled(await api.assign(book["id"], latecomer, token=token))
+    assert_throttled(await api.assign(book["id"], latecomer, token=token), window_opened)
     free = str(await redis.srandmember(f"{prefix}:free"))
-    assert_throttled(await api.assign_code(free, latecomer, token=token))  # by name too
+    assert_throttled(await api.assign_code(free, latecomer, token=token),  # by name too
+                     window_opened)
 
     # Refused before the script: nothing more was handed out.
     assert await redis.hlen(f"{prefix}:assigned") == ASSIGNS_PER_ADDRESS
