@@ -143,3 +143,96 @@ async def test_racing_retries_with_one_idempotency_key_assign_once(
     assert len({r.json()["code"] for r in responses}) == 1
     assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == RACERS - 1
     assert len(await events(redis, book["id"], "assigned")) == 1
+
+
+async def test_random_and_named_assigns_racing_for_a_books_last_code(
+        api: Api, redis: Redis) -> None:
+    """SPOP and the named assign's SREM meet on one free set: one winner,
+    whichever route it came by, and each loser told why from its side."""
+    book, [code] = await api.book_with_codes(1)
+    half = RACERS // 2
+
+    responses = await race([api.assign(book["id"], new_user()) for _ in range(half)]
+                           + [api.assign_code(code, new_user()) for _ in range(half)])
+
+    [winner] = [r.json() for r in responses if r.status_code == 200]
+    random_won = any(r.status_code == 200 for r in responses[:half])
+    assert outcomes(responses) == {
+        (200, ""): 1,
+        (409, "book-exhausted"): half - random_won,
+        (409, "code-already-assigned"): half - (not random_won)}
+    keys = await book_keys(redis, book["id"])
+    assert await redis.scard(f"{keys}:free") == 0
+    assert (await redis.hget(f"{keys}:assigned", code)).startswith(f"{winner['assignedTo']}|")
+    assert [e["user"] for e in await events(redis, book["id"], "assigned")] == [
+        winner["assignedTo"]]
+
+
+async def test_locks_and_redeems_racing_on_one_code_let_exactly_one_through(
+        api: Api, redis: Redis) -> None:
+    """A lock shuts out redeems without its token; a redemption shuts out
+    locks. Whichever lands first, nothing else succeeds."""
+    book, code, user = await api.owned_code()
+    half = RACERS // 2
+
+    responses = await race([api.lock(code, user, ttl=30) for _ in range(half)]
+                           + [api.redeem(code, user) for _ in range(half)])
+
+    [winner] = [i for i, r in enumerate(responses) if r.status_code == 200]
+    keys = await book_keys(redis, book["id"])
+    owner, _, times, _, version = (await redis.hget(f"{keys}:assigned", code)).split("|")
+    if winner < half:  # a lock won: the code is locked, never redeemed
+        assert outcomes(responses) == {(200, ""): 1, (423, "code-locked"): RACERS - 1}
+        assert await redis.get(f"{keys}:lock:{code}") == responses[winner].json()["lockToken"]
+        assert (times, version) == ("0", "2")
+        assert await events(redis, book["id"], "redeemed") == []
+    else:  # a redemption won: used up, never locked
+        assert outcomes(responses) == {(200, ""): 1, (423, "code-redeemed"): RACERS - 1}
+        assert await redis.exists(f"{keys}:lock:{code}") == 0
+        assert (times, version) == ("1", "2")
+        assert await events(redis, book["id"], "locked") == []
+    assert owner == user
+
+
+@pytest.mark.parametrize("action", ["lock", "redeem"])
+async def test_racing_retries_with_one_key_lock_or_redeem_once(
+        api: Api, redis: Redis, action: str) -> None:
+    book, code, user = await api.owned_code(multipleRedeemsAllowed=True)
+    key = {"Idempotency-Key": f"retry-{uuid.uuid4()}"}
+    send = (lambda: api.lock(code, user, ttl=30, headers=key)) if action == "lock" \
+        else (lambda: api.redeem(code, user, headers=key))
+
+    responses = await race([send() for _ in range(RACERS)])
+
+    assert outcomes(responses) == {(200, ""): RACERS}
+    assert len({r.text for r in responses}) == 1  # every retry got the first answer
+    assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == RACERS - 1
+    kind = "locked" if action == "lock" else "redeemed"
+    assert len(await events(redis, book["id"], kind)) == 1
+    keys = await book_keys(redis, book["id"])
+    _, _, times, _, _ = (await redis.hget(f"{keys}:assigned", code)).split("|")
+    assert times == ("0" if action == "lock" else "1")
+
+
+async def test_uploads_racing_to_put_the_same_codes_in_different_books(
+        api: Api, redis: Redis) -> None:
+    """A code is unique across books: each of the shared codes ends up in
+    exactly one book, and every other upload reports it as in another book."""
+    shared = [f"RACE-{uuid.uuid4().hex[:12].upper()}" for _ in range(100)]
+    books = [await api.create_book() for _ in range(10)]
+
+    responses = await race([api.post("/coupons/codes", {"couponBookId": b["id"], "codes": shared},
+                                      token=api.server.admin) for b in books])
+
+    assert [r.status_code for r in responses] == [200] * len(books)
+    results = [r.json() for r in responses]
+    assert sum(r["added"] for r in results) == len(shared)
+    assert sum(len(r["refused"]["inOtherBook"]) for r in results) == \
+        len(shared) * (len(books) - 1)
+    holder: dict[str, str] = {}
+    for book in books:
+        keys = await book_keys(redis, book["id"])
+        for code in await redis.smembers(f"{keys}:free"):
+            assert code not in holder, f"{code} is free in two books"
+            holder[code] = book["id"]
+    assert sorted(holder) == sorted(shared)
