@@ -242,8 +242,11 @@ def _local_url() -> str:
 
 
 def _database_url(settings: Settings) -> str:
+    """The Postgres URL; a missing one is a settings error (exit 2, as a
+    malformed one is), never verify's 1, "the two differ"."""
     if not settings.database_url:
-        raise SystemExit("couponsvc: set COUPONSVC_DATABASE_URL")
+        print("couponsvc: set COUPONSVC_DATABASE_URL", file=sys.stderr)
+        raise SystemExit(2)
     return settings.database_url
 
 

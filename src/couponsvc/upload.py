@@ -44,8 +44,10 @@ class UploadError(Exception):
 
 def read_codes(path: Path) -> Iterator[str]:
     """The file's codes. UTF-8 (a byte-order mark is skipped); a CSV is read
-    strictly, and a code may not hold a line break (it would reach the
+    strictly, its first row skipped when its first column is `code` (a
+    header), and a code may not hold a line break (it would reach the
     service as two codes, one per line)."""
+    reader = None
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             if path.suffix.lower() == ".csv":
@@ -55,7 +57,7 @@ def read_codes(path: Path) -> Iterator[str]:
                     if _splits(code):
                         raise UploadError(f"{path}, line {reader.line_num}: a code holds a "
                                           "line break")
-                    if code and code.lower() != "code":
+                    if code and not (reader.line_num == 1 and code.lower() == "code"):
                         yield code
             else:
                 for number, line in enumerate(handle, 1):
@@ -65,7 +67,8 @@ def read_codes(path: Path) -> Iterator[str]:
                     if code:
                         yield code
     except csv.Error as exc:
-        raise UploadError(f"{path}: not valid CSV: {exc}") from None
+        where = f", line {reader.line_num}" if reader is not None else ""
+        raise UploadError(f"{path}{where}: not valid CSV: {exc}") from None
     except UnicodeDecodeError:
         raise UploadError(f"{path}: not UTF-8 text") from None
     except OSError as exc:

@@ -165,7 +165,7 @@ async def test_the_upload_command_refuses_what_it_cannot_send_whole(
         str(newline_in_code): "line 3: a code holds a line break",
         str(form_feed): "line 2: a code holds a line break",
         str(spaced_line): "line 1: a code holds a line break",
-        str(unterminated): "not valid CSV",
+        str(unterminated): "line 3: not valid CSV",
         str(latin1): "not UTF-8 text",
     }
     for path, says in cases.items():

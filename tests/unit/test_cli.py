@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import astuple, replace
+from pathlib import Path
 
 import jwt
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from couponsvc import cli
 from couponsvc.cli import parser, writer_config
 from couponsvc.settings import Settings
+from couponsvc.upload import UploadError, read_codes
 from couponsvc.writer import WriterConfig
 
 # Production settings without a JWT secret.
@@ -143,3 +145,25 @@ def test_numbers_out_of_range_are_usage_errors(
 
     assert exit_.value.code == 2
     assert "must be" in capsys.readouterr().err
+
+
+def test_upload_skips_a_csv_header_only_on_the_first_row(tmp_path: Path) -> None:
+    """A code may well be called CODE: only a first row whose first column is
+    `code` is a header (every such row used to be dropped)."""
+    with_header = tmp_path / "with.csv"
+    with_header.write_text("Code,note\nA-1,x\nCODE,y\ncode,z\n")
+    without = tmp_path / "without.csv"
+    without.write_text("B-1,x\nCODE,y\n")
+
+    assert list(read_codes(with_header)) == ["A-1", "CODE", "code"]
+    assert list(read_codes(without)) == ["B-1", "CODE"]
+
+
+def test_upload_names_the_line_of_a_malformed_csv(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text('code\nA-1,x\n"BAD"x,1\nB-1,y\n')
+
+    with pytest.raises(UploadError) as refused:
+        list(read_codes(path))
+
+    assert str(refused.value) == f"{path}, line 3: not valid CSV: ',' expected after '\"'"
