@@ -111,27 +111,33 @@ def connections_held(pid: int, port: int) -> int:
 async def test_both_workers_serve_and_the_rules_hold_across_them(workers_stack: Stack) -> None:
     server = workers_stack.api
     workers = wait_for_workers(server)
+    async with http_client(server.base_url) as setup:
+        book, codes = await Api(setup, server).book_with_codes(CODES)
 
-    async with http_client(server.base_url) as client:
+    # The race runs over the client's 100 connections: first open them, in
+    # bursts of new clients, until each worker holds some of one client's.
+    for _ in range(ROUNDS):
+        client = http_client(server.base_url)
+        answers = await asyncio.gather(*(client.get("/healthz") for _ in range(200)))
+        assert {r.status_code for r in answers} == {200}
+        held = {pid: connections_held(pid, server.port) for pid in workers}
+        if all(held.values()):
+            break
+        await client.aclose()
+    assert all(held.values()), f"connections held by each worker: {held}"
+
+    try:
         api = Api(client, server)
-        book, codes = await api.book_with_codes(CODES)
-        # Every code to its own user, all at once: both processes run the same
-        # atomic scripts, so no code goes out twice and the book runs dry exactly.
+        # Every code to its own user, all at once, through both processes: they
+        # run the same atomic scripts, so no code goes out twice and the book
+        # runs dry exactly.
         responses = await asyncio.gather(*(api.assign(book["id"], new_user())
                                            for _ in range(CODES)))
         assert [r.status_code for r in responses] == [200] * CODES
         assert sorted(r.json()["code"] for r in responses) == sorted(codes)
         assert_problem(await api.assign(book["id"], new_user()), 409, "book-exhausted")
-        held = {pid: connections_held(pid, server.port) for pid in workers}
-
-    for _ in range(ROUNDS):
-        if all(held.values()):
-            break
-        async with http_client(server.base_url) as client:  # new connections
-            answers = await asyncio.gather(*(client.get("/healthz") for _ in range(200)))
-            assert {r.status_code for r in answers} == {200}
-            held = {pid: connections_held(pid, server.port) for pid in workers}
-    assert all(held.values()), f"connections held by each worker: {held}"
+    finally:
+        await client.aclose()
 
 
 def test_sigterm_to_the_parent_stops_every_worker(workers_stack: Stack) -> None:
