@@ -35,8 +35,20 @@ log = logging.getLogger("couponsvc.writer")
 SWEEP_SLICE = 1000
 SWEEP_SLICES = 16
 
+class PostgresNotNow(Exception):
+    """Postgres refused a batch for a reason that is not the events' own (a
+    lock timeout, a read-only or unprivileged session, a serialization
+    failure): the writer pauses and retries; no event counts an attempt."""
+
+
+# Error classes (SQLSTATE's first two characters) that can come from an
+# event's own data: a data exception (22), a constraint it breaks (23), a
+# value past a limit (54). Only these count towards parking an event.
+EVENT_AT_FAULT = frozenset({"22", "23", "54"})
+
 # Postgres errors that say "not now" rather than "never": retry, do not count.
 TRANSIENT = (
+    PostgresNotNow,
     OSError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -315,12 +327,10 @@ class Writer:
         """Applies one batch; returns whether all of it is settled (applied or
         parked) and how many events were applied."""
         events, bad = parse_entries(stream, entries)
-        if events:
-            await self._apply(stream, events)
-        settled = True
+        settled, applied = await self._apply(stream, events) if events else (True, 0)
         for entry in bad:
             settled &= await self._failed(stream, entry.event, entry.problem)
-        return settled, len(events)
+        return settled, applied
 
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:
@@ -332,7 +342,10 @@ class Writer:
                 raise
         self._groups.add(stream)
 
-    async def _apply(self, stream: str, events: Sequence[Event]) -> None:
+    async def _apply(self, stream: str, events: Sequence[Event]) -> tuple[bool, int]:
+        """Applies events in one transaction, or one by one when Postgres
+        refuses the batch for an event's data; returns whether all are settled
+        (applied or parked) and how many were applied."""
         started = time.perf_counter()
         try:
             async with self.pool.acquire() as conn:
@@ -340,15 +353,17 @@ class Writer:
         except TRANSIENT:
             raise
         except asyncpg.PostgresError as exc:
+            await self._unless_at_fault(exc)
             log.error("batch of %d from %s failed (%s); applying one by one",
                       len(events), stream, exc)
-            await self._apply_one_by_one(stream, events)
-            return
+            return await self._apply_one_by_one(stream, events)
         await self.redis.xack(stream, GROUP, *(e.id for e in events))
         if self.metrics is not None:
             self.metrics.observe_batch(len(events), time.perf_counter() - started)
+        return True, len(events)
 
-    async def _apply_one_by_one(self, stream: str, events: Sequence[Event]) -> None:
+    async def _apply_one_by_one(self, stream: str, events: Sequence[Event]) -> tuple[bool, int]:
+        settled, applied = True, 0
         for event in events:
             try:
                 async with self.pool.acquire() as conn:
@@ -356,9 +371,22 @@ class Writer:
             except TRANSIENT:
                 raise
             except asyncpg.PostgresError as exc:
-                await self._failed(stream, event, str(exc))
+                await self._unless_at_fault(exc)
+                settled &= await self._failed(stream, event, str(exc))
                 continue
             await self.redis.xack(stream, GROUP, event.id)
+            applied += 1
+        return settled, applied
+
+    async def _unless_at_fault(self, exc: asyncpg.PostgresError) -> None:
+        """Raises PostgresNotNow unless the error can be the events' own. The
+        pool's sessions are replaced first: one opened while the database was
+        read-only, or with a setting since changed, would fail the same way
+        for as long as it lived."""
+        if str(exc.sqlstate)[:2] in EVENT_AT_FAULT:
+            return
+        await self.pool.expire_connections()
+        raise PostgresNotNow(f"{type(exc).__name__}: {exc}") from exc
 
     async def _failed(self, stream: str, event: Event, error: str) -> bool:
         """Counts a failed attempt; parks and acknowledges the event at the last

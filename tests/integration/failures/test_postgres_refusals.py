@@ -1,0 +1,80 @@
+"""Postgres refusing the writer for a while, for reasons that are not the
+events' own: the events wait and are applied later, none is parked."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from couponsvc import db
+from couponsvc.keys import Keys
+from couponsvc.writer import PostgresNotNow, Writer, WriterConfig
+
+from ..api_client import Api
+from .harness import Durable, differences, event_types, stream_of, unacknowledged
+from .load import churn
+
+pytestmark = pytest.mark.integration
+
+MAX_ATTEMPTS = WriterConfig().max_attempts  # a parked event has had this many
+
+
+async def checkout_events(api: Api, redis: Redis) -> tuple[str, str, int]:
+    """A book, and a few checkouts on it not yet applied: (book id, stream, events)."""
+    book, codes = await api.book_with_codes(10)
+    written = 2 + await churn(api, codes[:5])
+    return book["id"], await stream_of(redis, book["id"]), written
+
+
+async def all_applied(redis: Redis, conn: asyncpg.Connection, writer: Writer, book_id: str,
+                      stream: str, written: int) -> None:
+    while await writer.step():
+        pass
+    assert await unacknowledged(redis, stream) == 0
+    assert await conn.fetchval("SELECT count(*) FROM parked_events") == 0
+    assert sum((await event_types(conn, book_id)).values()) == written
+    assert await differences(redis, conn, book_id) == []
+
+
+async def test_a_table_locked_past_the_lock_timeout_parks_nothing(
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection, pg_url: str) -> None:
+    """A migration or VACUUM FULL holding `codes`, with a lock_timeout set:
+    every event failed alike, each counted an attempt, and after five passes
+    the writer parked (and acknowledged) valid checkouts for good."""
+    book_id, stream, written = await checkout_events(api, redis)
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=4,
+                                     server_settings={"lock_timeout": "100"})
+    try:
+        writer = Writer(redis, pool, Keys("cb"), WriterConfig(consumer="locked-out"))
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE codes IN ACCESS EXCLUSIVE MODE")
+            for _ in range(MAX_ATTEMPTS + 2):
+                with pytest.raises(PostgresNotNow, match="LockNotAvailableError"):
+                    await writer.step()
+            assert await conn.fetchval("SELECT count(*) FROM parked_events") == 0
+            assert await unacknowledged(redis, stream) == written
+
+        await all_applied(redis, conn, writer, book_id, stream, written)
+    finally:
+        await pool.close()
+
+
+async def test_sessions_opened_while_the_database_was_read_only_are_replaced(
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection, pg_url: str) -> None:
+    """A session keeps the read-only default it was opened with (as one does
+    that still points at a demoted primary): the pool's sessions failed on
+    after the database was writable again, until the writer was restarted."""
+    book_id, stream, written = await checkout_events(api, redis)
+    database = await conn.fetchval("SELECT current_database()")
+    await conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    pool = await db.connect(pg_url, min_size=2, max_size=4)  # its sessions open read-only
+    try:
+        writer = Writer(redis, pool, Keys("cb"), WriterConfig(consumer="read-only"))
+        with pytest.raises(PostgresNotNow, match="ReadOnlySQLTransactionError"):
+            await writer.step()
+        await conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+
+        await all_applied(redis, conn, writer, book_id, stream, written)
+    finally:
+        await pool.close()
