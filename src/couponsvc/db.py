@@ -12,6 +12,10 @@ log = logging.getLogger("couponsvc")
 MIGRATIONS_TABLE = "schema_migrations"
 # Any constant will do; it keeps two `couponsvc migrate` runs from racing.
 MIGRATION_LOCK_ID = 0x636F7570
+# Run first in every transaction whose commit answers a client or acknowledges
+# events: whatever the server's default, a commit it reports is on disk (a
+# lost commit is lost data).
+SYNCHRONOUS_COMMIT = "SET LOCAL synchronous_commit = on"
 
 
 async def connect(database_url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

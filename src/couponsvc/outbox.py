@@ -15,6 +15,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from couponsvc.db import SYNCHRONOUS_COMMIT
+
 GROUP = "writer"
 CODE_EVENTS = frozenset({"assigned", "locked", "unlocked", "lock_expired", "redeemed"})
 _STANDARD = frozenset({"type", "book", "code", "user", "at", "v"})
@@ -163,9 +165,8 @@ async def apply_events(conn: asyncpg.Connection, events: Sequence[Event]) -> Non
             if seen is None or seen.version < event.version:
                 latest[event.fields["code"]] = event
     async with conn.transaction():
-        # The writer acknowledges a batch once this commits, so the commit must
-        # be on disk whatever the server's default (a lost commit is lost data).
-        await conn.execute("SET LOCAL synchronous_commit = on")
+        # The writer acknowledges a batch once this commits.
+        await conn.execute(SYNCHRONOUS_COMMIT)
         await conn.execute(INSERT_EVENTS, _json([e.event_row() for e in events]))
         if latest:
             await conn.execute(UPSERT_CODES, _json([e.code_row() for e in latest.values()]))

@@ -4,6 +4,10 @@ Creating a book and adding codes are rare and cheap next to checkout traffic,
 so they are written to Postgres first (bulk, set-based) and only then to
 Redis: when the admin call answers, its effect is durable. Postgres's primary
 key on `codes.code` is the final word on uniqueness across books.
+
+Each write's transaction commits with `synchronous_commit = on`, whatever the
+server's default: with it off, an answered create or upload could vanish in
+a Postgres crash while Redis serves it (the writer's batches do the same).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from couponsvc.db import SYNCHRONOUS_COMMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +50,16 @@ class Records:
         self.pool = pool
 
     async def insert_book(self, row: BookRow) -> None:
-        await self.pool.execute(
-            "INSERT INTO books (id, num, name, description, multiple_redeems_allowed,"
-            " max_redeems_per_code, max_per_user, lock_ttl_ms, valid_from, valid_until,"
-            " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            row.id, row.num, row.name, row.description, row.multiple_redeems_allowed,
-            row.max_redeems_per_code, row.max_per_user, row.lock_ttl_ms, row.valid_from,
-            row.valid_until, row.created_at,
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(SYNCHRONOUS_COMMIT)
+            await conn.execute(
+                "INSERT INTO books (id, num, name, description, multiple_redeems_allowed,"
+                " max_redeems_per_code, max_per_user, lock_ttl_ms, valid_from, valid_until,"
+                " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                row.id, row.num, row.name, row.description, row.multiple_redeems_allowed,
+                row.max_redeems_per_code, row.max_per_user, row.lock_ttl_ms, row.valid_from,
+                row.valid_until, row.created_at,
+            )
 
     async def book_number(self, book_id: str) -> int | None:
         number: int | None = await self.pool.fetchval(
@@ -79,6 +87,7 @@ class Records:
         if not codes:
             return CodeClaims(set(), [])
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(SYNCHRONOUS_COMMIT)
             if await _copy_all_new(conn, book_id, codes):
                 return CodeClaims(set(codes) if want_new else set(), [])
             await conn.execute(
