@@ -77,6 +77,7 @@ class Scripts:
             name: redis.register_script(source(name)) for name in NAMES
         }
         self._redis = redis
+        self._reloading: dict[str, asyncio.Future[Any]] = {}
         self.coalescer: CommandPipe = coalescer or Coalescer(redis)
         self.bulk: CommandPipe = bulk or self.coalescer
 
@@ -94,10 +95,22 @@ class Scripts:
             reply: ScriptReply = await pipe.submit(
                 "EVALSHA", script.sha, len(keys), *keys, *args, durable=durable)
         except NoScriptError:
-            script.sha = await self._redis.script_load(script.script)
+            await self._reload(name)
             reply = await pipe.execute(
                 "EVALSHA", script.sha, len(keys), *keys, *args, durable=durable)
         return reply
+
+    async def _reload(self, name: str) -> None:
+        """Loads a script the server lost (a restart, a failover): once, however
+        many calls found it missing at the same moment. One load each took
+        a pooled connection each, and a burst ran the pool dry (503s)."""
+        loading = self._reloading.get(name)
+        if loading is None:
+            loading = asyncio.ensure_future(self._redis.script_load(self._scripts[name].script))
+            self._reloading[name] = loading
+            loading.add_done_callback(lambda _: self._reloading.pop(name, None))
+        # Shielded: a caller that gives up does not cancel the others' load.
+        self._scripts[name].sha = await asyncio.shield(loading)
 
     async def run_many(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]

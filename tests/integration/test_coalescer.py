@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError, Time
 
 from couponsvc.coalesce import MAX_BATCH, Coalescer, CommandPipe, Replicas, ReplicationLagging
 from couponsvc.resp import RespPipeline
+from couponsvc.scripts import Scripts
 
 from .servers import RedisServer, free_port
 
@@ -248,3 +249,22 @@ async def test_a_primary_without_replicas_still_acknowledges(
     assert await pipe.execute("INCR", "d", durable=True) == 1
     assert await pipe.execute("INCR", "d", durable=True) == 2
     await _close(pipe)
+
+
+async def test_a_batch_that_finds_its_script_gone_loads_it_once(
+        pipe: CommandPipe, client: Redis) -> None:
+    """A restarted or failed-over Redis has no scripts, so every call of a
+    batch gets NOSCRIPT at once. Each loaded the script itself, each on a
+    pooled connection of its own: past redis-py's 100 the pool refused, and
+    those calls failed (503s) on a Redis that was fine."""
+    scripts = Scripts(client, pipe)
+    await scripts.load()
+    await client.script_flush()
+    await client.config_resetstat()
+
+    replies = await asyncio.gather(*(scripts.run("read_book", [
+        "cb:{book:1}:meta", "cb:{book:1}:free", "cb:{book:1}:locks"]) for _ in range(300)))
+
+    assert replies == [["book_not_found"]] * 300
+    stats = await client.info("commandstats")
+    assert stats["cmdstat_script|load"]["calls"] == 1
