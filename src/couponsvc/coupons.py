@@ -137,7 +137,8 @@ class Coupons:
         out to release any lock of the code (recorded as forced)."""
         principal.require_user(user_id)
         if token is None and not principal.is_admin:
-            raise errors.InvalidRequest("lockToken is required", field="lockToken")
+            raise errors.Forbidden("unlocking without the lockToken needs the coupons:admin "
+                                   "scope; send the lock's token")
         book = await self.store.book_of_code(code)
         k = book.keys
         reply = await self.store.run(

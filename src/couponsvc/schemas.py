@@ -121,7 +121,7 @@ class Unlock(Base):
     # An operator may release a lock whose token was lost (it would hold
     # until it ran out).
     lockToken: Annotated[LockToken | None, Meta(
-        description="Required, except from a coupons:admin token")] = None
+        description="Required (else 403), except from a coupons:admin token")] = None
 
 
 class Redeem(Base):

@@ -307,7 +307,7 @@ async def test_only_an_operator_may_leave_the_token_out(bobs_code, coupons, writ
                                                         redis):
     lock, _ = await coupons.lock(writer, "C1", "bob", None)
 
-    with pytest.raises(errors.InvalidRequest):
+    with pytest.raises(errors.Forbidden):
         await coupons.unlock(writer, "C1", "bob", None)
     with pytest.raises(errors.CodeLocked):  # a token given must be the lock's, also for them
         await coupons.unlock(admin, "C1", "bob", "not-the-token")
