@@ -241,6 +241,12 @@ async def _postgres_down(_: Request, exc: Exception) -> Response:
     return problem_response(ServiceUnavailable("Postgres did not answer; retry shortly"))
 
 
+async def _postgres_refused(_: Request, exc: Exception) -> Response:
+    log.warning("postgres refused a write for now: %s", exc)
+    return problem_response(ServiceUnavailable(
+        "Postgres cannot take this write right now; retry shortly"))
+
+
 async def _client_gone(_: Request, exc: Exception) -> Response:
     # The client went away (or missed a deadline, serving.py) while its body was
     # read: nobody is left to answer, and it is not the service's error.
@@ -270,6 +276,12 @@ def exception_handlers() -> dict[Any, ExceptionHandler]:
         asyncpg.PostgresConnectionError: _postgres_down,
         asyncpg.InterfaceError: _postgres_down,
         asyncpg.exceptions.OperatorInterventionError: _postgres_down,
+        # Refusals that say "not now" about the database, not the request.
+        asyncpg.exceptions.ReadOnlySQLTransactionError: _postgres_refused,
+        asyncpg.exceptions.LockNotAvailableError: _postgres_refused,
+        asyncpg.exceptions.InsufficientResourcesError: _postgres_refused,
+        asyncpg.exceptions.TransactionRollbackError: _postgres_refused,
+        asyncpg.exceptions.QueryCanceledError: _postgres_refused,
         ConnectionError: _postgres_down,
         TimeoutError: _postgres_down,
         Exception: _unexpected,

@@ -13,6 +13,7 @@ a Postgres crash while Redis serves it (the writer's batches do the same).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,9 +50,22 @@ class Records:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in a transaction whose commit is on disk. A session
+        that finds the database read-only (a demoted primary, a maintenance
+        switch) is replaced with every other: it would stay read-only once
+        the database is writable again."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(SYNCHRONOUS_COMMIT)
+                yield conn
+        except asyncpg.ReadOnlySQLTransactionError:
+            await self.pool.expire_connections()
+            raise
+
     async def insert_book(self, row: BookRow) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(SYNCHRONOUS_COMMIT)
+        async with self._writing() as conn:
             await conn.execute(
                 "INSERT INTO books (id, num, name, description, multiple_redeems_allowed,"
                 " max_redeems_per_code, max_per_user, lock_ttl_ms, valid_from, valid_until,"
@@ -86,8 +100,7 @@ class Records:
         unescaped in COPY's text format."""
         if not codes:
             return CodeClaims(set(), [])
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(SYNCHRONOUS_COMMIT)
+        async with self._writing() as conn:
             if await _copy_all_new(conn, book_id, codes):
                 return CodeClaims(set(codes) if want_new else set(), [])
             await conn.execute(

@@ -12,6 +12,7 @@ from couponsvc.keys import Keys
 from couponsvc.writer import PostgresNotNow, Writer, WriterConfig
 
 from ..api_client import Api
+from ..problems import assert_unavailable
 from .harness import Durable, differences, event_types, stream_of, unacknowledged
 from .load import churn
 
@@ -78,3 +79,23 @@ async def test_sessions_opened_while_the_database_was_read_only_are_replaced(
         await all_applied(redis, conn, writer, book_id, stream, written)
     finally:
         await pool.close()
+
+
+async def test_an_admin_write_to_a_read_only_database_is_503_then_works_again(
+        stack: Durable, api: Api, conn: asyncpg.Connection) -> None:
+    """A create against a read-only database was a 500; and the API's pooled
+    sessions, opened read-only, kept refusing once it was writable again."""
+    database = await conn.fetchval("SELECT current_database()")
+    books_before = await conn.fetchval("SELECT count(*) FROM books")
+    await conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    # The API's sessions start again, read-only (as after a switch to a replica).
+    await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                       " WHERE datname = $1 AND pid <> pg_backend_pid()", database)
+
+    refused = await api.post("/coupons", {"name": "read-only"}, token=api.server.admin)
+    await conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+    made = await api.post("/coupons", {"name": "writable again"}, token=api.server.admin)
+
+    assert_unavailable(refused)
+    assert made.status_code == 201, made.text
+    assert await conn.fetchval("SELECT count(*) FROM books") == books_before + 1
