@@ -81,10 +81,19 @@ local function record_lock_expiry(assigned_key, locks_key, stream, book_id, code
   emit_code(stream, 'lock_expired', book_id, code, a, ended_at)
 end
 
+-- Records the code's own lock, when it ended and is not yet recorded (the
+-- caller knows its key is gone).
+local function record_own_ended_lock(assigned_key, locks_key, stream, book_id, code, a)
+  local ended = redis.call('ZSCORE', locks_key, code)
+  if ended then
+    record_lock_expiry(assigned_key, locks_key, stream, book_id, code, a, tonumber(ended))
+  end
+end
+
 -- Records up to `limit` of a book's locks that ended before `now`, oldest
--- first; returns how many. A lock key lives while `now` <= its end (Redis
--- expires a key once the clock is past it), so only entries strictly
--- before `now` are gone for sure.
+-- first; returns how many. A lock key lives while `now` <= its end (its
+-- PXAT deadline is its score, and Redis expires a key once the clock is
+-- past it), so only entries strictly before `now` are gone for sure.
 local function record_expired_locks(assigned_key, locks_key, stream, book_id, now, limit)
   local ended = redis.call('ZRANGEBYSCORE', locks_key, '-inf', '(' .. now,
     'WITHSCORES', 'LIMIT', 0, limit)

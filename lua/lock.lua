@@ -28,17 +28,19 @@ local ttl = tonumber(ARGV[4]) or tonumber(m[4])
 -- nothing, so lockedUntil never promises more.
 local until_book = tonumber(m[3])
 if until_book and now + ttl > until_book then ttl = until_book - now end
-if not redis.call('SET', KEYS[3], token, 'NX', 'PX', ttl) then
+local until_ms = now + ttl
+-- PXAT, not PX: the key ends exactly when the locks zset says. PX counts
+-- from the moment SET runs, a millisecond after `now` at times, and a sweep
+-- that saw the end pass would then record a lock whose token still redeems.
+if not redis.call('SET', KEYS[3], token, 'NX', 'PXAT', until_ms) then
   return {'locked', live_lock_until(KEYS[4], KEYS[3], code, now)}
 end
 
 -- Expired locks stay in the zset until recorded: this code's earlier lock
 -- (the NX above proves it is gone) and a few of the book's others.
-local ended = redis.call('ZSCORE', KEYS[4], code)
-if ended then record_lock_expiry(KEYS[2], KEYS[4], KEYS[5], m[1], code, a, tonumber(ended)) end
+record_own_ended_lock(KEYS[2], KEYS[4], KEYS[5], m[1], code, a)
 record_expired_locks(KEYS[2], KEYS[4], KEYS[5], m[1], now, 16)
 
-local until_ms = now + ttl
 a.v = a.v + 1
 write_assignment(KEYS[2], code, a)
 redis.call('ZADD', KEYS[4], until_ms, code)

@@ -29,8 +29,7 @@ if held then
 else
   -- A lock of this code that ran out, not yet recorded: recorded first, so
   -- the trail tells a redemption under a lock from one after it ended.
-  local ended = redis.call('ZSCORE', KEYS[4], code)
-  if ended then record_lock_expiry(KEYS[2], KEYS[4], KEYS[5], m[1], code, a, tonumber(ended)) end
+  record_own_ended_lock(KEYS[2], KEYS[4], KEYS[5], m[1], code, a)
 end
 a.times = a.times + 1
 a.last = now

@@ -41,3 +41,26 @@ async def test_a_lock_that_ends_with_its_book_is_recorded(service: Service) -> N
     number = await service.number(book.id)
     assert await service.redis.zcard(service.keys.book(number).locks) == 0
     assert await service.verify() == []
+
+
+async def test_every_lock_key_ends_exactly_when_its_zset_entry_says(service: Service) -> None:
+    """The sweep records an entry once its score has passed: a key that
+    outlived its score by a millisecond (PX counted from when SET ran) had
+    its lock recorded as ended while its token still redeemed."""
+    book = await service.books.create(CreateBook(name="Deadlines", initialCouponAmount=3000))
+    number = await service.number(book.id)
+    keys = service.keys.book(number)
+    codes = list(await service.redis.smembers(keys.free))
+    await asyncio.gather(*(service.coupons.assign_code(OPS, c, "erin", None, None)
+                           for c in codes))
+
+    await asyncio.gather(*(service.coupons.lock(OPS, c, "erin", 600) for c in codes))
+
+    scores = dict(await service.redis.zrange(keys.locks, 0, -1, withscores=True))
+    async with service.redis.pipeline(transaction=False) as pipe:
+        for code in codes:
+            pipe.pexpiretime(keys.lock(code))
+        deadlines = await pipe.execute()
+    late = {c: (d, scores[c]) for c, d in zip(codes, deadlines, strict=True) if d != scores[c]}
+    assert len(scores) == len(codes)
+    assert late == {}
