@@ -126,8 +126,7 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
             # The RESP client speaks to one node; a cluster uses redis-py pipelines,
             # which route each command to its slot's node.
             resp = settings.hot_path_client == "resp" and not settings.redis_cluster
-            replicas = Replicas(settings.redis_wait_replicas, settings.redis_wait_timeout_ms) \
-                if settings.redis_wait_replicas else None
+            replicas = Replicas.configured(settings)
             pipe: CommandPipe = RespPipeline(settings.redis_url, settings.redis_timeout_seconds,
                                              replicas=replicas) if resp \
                 else Coalescer(redis, replicas=replicas)

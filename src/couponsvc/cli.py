@@ -99,9 +99,11 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
 
     from couponsvc.app import connect_redis
+    from couponsvc.coalesce import Coalescer, Replicas
     from couponsvc.keys import Keys
     from couponsvc.metrics import WriterMetrics
     from couponsvc.runtime import tune_gc
+    from couponsvc.scripts import Scripts
     from couponsvc.writer import Writer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -120,7 +122,9 @@ def _writer(settings: Settings, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        writer = Writer(redis, pool, Keys(settings.key_prefix), config, metrics)
+        # Its sweep of ended locks changes state: confirmed by replicas like the API's changes.
+        scripts = Scripts(redis, Coalescer(redis, replicas=Replicas.configured(settings)))
+        writer = Writer(redis, pool, Keys(settings.key_prefix), config, metrics, scripts)
         tune_gc()
         try:
             if args.drain:

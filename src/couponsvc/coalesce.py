@@ -20,6 +20,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from couponsvc.settings import Settings
+
 log = logging.getLogger("couponsvc")
 
 
@@ -48,6 +50,13 @@ class Replicas:
 
     count: int
     timeout_ms: int
+
+    @classmethod
+    def configured(cls, settings: Settings) -> Replicas | None:
+        """What COUPONSVC_REDIS_WAIT_REPLICAS asks for (None: no waiting)."""
+        if not settings.redis_wait_replicas:
+            return None
+        return cls(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
 
     def commands(self, known_replicas: int | None) -> list[tuple[Any, ...]]:
         """Sent together after a batch's changes: WAIT, then ROLE to learn how

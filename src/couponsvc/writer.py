@@ -35,16 +35,17 @@ log = logging.getLogger("couponsvc.writer")
 SWEEP_SLICE = 1000
 SWEEP_SLICES = 16
 
+# Error classes (SQLSTATE's first two characters) that can come from an
+# event's own data: a data exception (22), a constraint it breaks (23), a
+# value past a limit (54). Only these count towards parking an event.
+EVENT_AT_FAULT = frozenset({"22", "23", "54"})
+
+
 class PostgresNotNow(Exception):
     """Postgres refused a batch for a reason that is not the events' own (a
     lock timeout, a read-only or unprivileged session, a serialization
     failure): the writer pauses and retries; no event counts an attempt."""
 
-
-# Error classes (SQLSTATE's first two characters) that can come from an
-# event's own data: a data exception (22), a constraint it breaks (23), a
-# value past a limit (54). Only these count towards parking an event.
-EVENT_AT_FAULT = frozenset({"22", "23", "54"})
 
 # Postgres errors that say "not now" rather than "never": retry, do not count.
 TRANSIENT = (
@@ -85,6 +86,10 @@ class WriterConfig:
     # to the hot path; a backlog is still drained without pause.
     linger_s: float = 0.05
     trim_interval_s: float = 5.0
+    # A stream Postgres refuses for now (PostgresNotNow) is left alone this
+    # long, doubling up to the most while it lasts; the other books go on.
+    not_now_pause_s: float = 0.1
+    not_now_pause_max_s: float = 5.0
     # How often every book's ended locks are recorded (expire_locks.lua): the
     # most a lock_expired event waits to be written, when nothing else in
     # its book records it sooner.
@@ -145,6 +150,7 @@ class Writer:
         self._last_sweep = 0.0
         self._scripts = scripts  # made on first use (sweeps only)
         self._last_claim: dict[str, float] = {}
+        self._paused: dict[str, tuple[float, float]] = {}  # stream: (until, for how long)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Drains until `stop` is set; finishes the batch in hand first."""
@@ -178,11 +184,13 @@ class Writer:
         numbers = sorted(int(n) for n in await self.redis.hvals(self.keys.books))
         applied = 0
         for number in numbers:
-            applied += await self._drain_stream(self.keys.book(number).events)
+            applied += await self._drain_unless_paused(self.keys.book(number).events)
         if time.monotonic() - self._last_sweep > self.config.lock_sweep_interval_s:
             self._last_sweep = time.monotonic()
-            for number in numbers:
-                applied += await self.record_expired_locks(self.keys.book(number))
+            # Side by side: the calls share pipelined batches, not a round trip each.
+            recorded = await asyncio.gather(*(self.record_expired_locks(self.keys.book(n))
+                                              for n in numbers))
+            applied += sum(recorded)
         if time.monotonic() - self._last_trim > self.config.trim_interval_s:
             self._last_trim = time.monotonic()
             for number in numbers:
@@ -210,13 +218,17 @@ class Writer:
         """Applies everything now in the streams, reclaiming any pending entry,
         and the expiry of every lock that has ended by now."""
         deadline = time.monotonic() + timeout_s
-        self._last_sweep = 0.0
         saved = self.config.claim_idle_ms
         self.config.claim_idle_ms = 0
         try:
-            while await self.step() or await self._pending_anywhere():
+            while True:
+                self._last_sweep = 0.0  # every pass: a book may have more than a sweep's slices
+                if not (await self.step() or await self._pending_anywhere()):
+                    return
                 if time.monotonic() > deadline:
                     raise TimeoutError("the outbox did not drain in time")
+                if self._paused:
+                    await asyncio.sleep(self.config.idle_sleep_s)
         finally:
             self.config.claim_idle_ms = saved
 
@@ -226,6 +238,23 @@ class Writer:
             if stream in self._groups and (await self.redis.xpending(stream, GROUP))["pending"]:
                 return True
         return False
+
+    async def _drain_unless_paused(self, stream: str) -> int:
+        """Drains a stream, unless Postgres refused it for now a moment ago:
+        a lock held on one book's rows must not hold up every other book."""
+        paused = self._paused.get(stream)
+        if paused is not None and time.monotonic() < paused[0]:
+            return 0
+        try:
+            applied = await self._drain_stream(stream)
+        except PostgresNotNow as exc:
+            pause = self.config.not_now_pause_s if paused is None \
+                else min(paused[1] * 2, self.config.not_now_pause_max_s)
+            self._paused[stream] = (time.monotonic() + pause, pause)
+            log.warning("writer paused on %s for %.1f s: %s", stream, pause, exc)
+            return 0
+        self._paused.pop(stream, None)
+        return applied
 
     async def _drain_stream(self, stream: str) -> int:
         await self._ensure_group(stream)
@@ -353,7 +382,7 @@ class Writer:
         except TRANSIENT:
             raise
         except asyncpg.PostgresError as exc:
-            await self._unless_at_fault(exc)
+            await self._raise_unless_events_at_fault(exc)
             log.error("batch of %d from %s failed (%s); applying one by one",
                       len(events), stream, exc)
             return await self._apply_one_by_one(stream, events)
@@ -371,14 +400,14 @@ class Writer:
             except TRANSIENT:
                 raise
             except asyncpg.PostgresError as exc:
-                await self._unless_at_fault(exc)
+                await self._raise_unless_events_at_fault(exc)
                 settled &= await self._failed(stream, event, str(exc))
                 continue
             await self.redis.xack(stream, GROUP, event.id)
             applied += 1
         return settled, applied
 
-    async def _unless_at_fault(self, exc: asyncpg.PostgresError) -> None:
+    async def _raise_unless_events_at_fault(self, exc: asyncpg.PostgresError) -> None:
         """Raises PostgresNotNow unless the error can be the events' own. The
         pool's sessions are replaced first: one opened while the database was
         read-only, or with a setting since changed, would fail the same way
@@ -403,11 +432,15 @@ class Writer:
     async def _park(self, event: Event, error: str, attempts: int) -> None:
         log.error("parking event %s of %s after %d attempts: %s",
                   event.id, event.stream, attempts, error)
-        await self.pool.execute(
-            "INSERT INTO parked_events (stream, stream_id, book_id, fields, error, attempts)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            event.stream, event.id, event.fields.get("book", "").replace("\x00", ""),
-            event.fields_json(), error.replace("\x00", ""), attempts)
+        try:
+            await self.pool.execute(
+                "INSERT INTO parked_events (stream, stream_id, book_id, fields, error, attempts)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                event.stream, event.id, event.fields.get("book", "").replace("\x00", ""),
+                event.fields_json(), error.replace("\x00", ""), attempts)
+        except asyncpg.PostgresError as exc:
+            await self._raise_unless_events_at_fault(exc)
+            raise
         if self.metrics is not None:
             self.metrics.parked.inc()
 

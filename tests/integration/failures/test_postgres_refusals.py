@@ -3,13 +3,15 @@ events' own: the events wait and are applied later, none is parked."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from couponsvc import db
 from couponsvc.keys import Keys
-from couponsvc.writer import PostgresNotNow, Writer, WriterConfig
+from couponsvc.writer import Writer, WriterConfig
 
 from ..api_client import Api
 from ..problems import assert_unavailable
@@ -30,16 +32,26 @@ async def checkout_events(api: Api, redis: Redis) -> tuple[str, str, int]:
 
 async def all_applied(redis: Redis, conn: asyncpg.Connection, writer: Writer, book_id: str,
                       stream: str, written: int) -> None:
-    while await writer.step():
-        pass
+    await writer.drain(timeout_s=20)
     assert await unacknowledged(redis, stream) == 0
     assert await conn.fetchval("SELECT count(*) FROM parked_events") == 0
     assert sum((await event_types(conn, book_id)).values()) == written
     assert await differences(redis, conn, book_id) == []
 
 
+def pauses(caplog: pytest.LogCaptureFixture, stream: str, error: str) -> int:
+    """How many times the writer logged a pause of `stream` for `error`."""
+    messages = [r.getMessage() for r in caplog.records]
+    return sum(1 for m in messages if m.startswith(f"writer paused on {stream} ") and error in m)
+
+
+# Pauses short enough for a test to retry often.
+QUICK_PAUSES = {"not_now_pause_s": 0.01, "not_now_pause_max_s": 0.01}
+
+
 async def test_a_table_locked_past_the_lock_timeout_parks_nothing(
-        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection, pg_url: str) -> None:
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection, pg_url: str,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A migration or VACUUM FULL holding `codes`, with a lock_timeout set:
     every event failed alike, each counted an attempt, and after five passes
     the writer parked (and acknowledged) valid checkouts for good."""
@@ -47,12 +59,14 @@ async def test_a_table_locked_past_the_lock_timeout_parks_nothing(
     pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=4,
                                      server_settings={"lock_timeout": "100"})
     try:
-        writer = Writer(redis, pool, Keys("cb"), WriterConfig(consumer="locked-out"))
+        writer = Writer(redis, pool, Keys("cb"), WriterConfig(consumer="locked-out",
+                                                              **QUICK_PAUSES))
         async with conn.transaction():
             await conn.execute("LOCK TABLE codes IN ACCESS EXCLUSIVE MODE")
             for _ in range(MAX_ATTEMPTS + 2):
-                with pytest.raises(PostgresNotNow, match="LockNotAvailableError"):
-                    await writer.step()
+                assert await writer.step() == 0
+                await asyncio.sleep(0.02)  # past the pause: the next pass tries again
+            assert pauses(caplog, stream, "LockNotAvailableError") == MAX_ATTEMPTS + 2
             assert await conn.fetchval("SELECT count(*) FROM parked_events") == 0
             assert await unacknowledged(redis, stream) == written
 
@@ -61,8 +75,33 @@ async def test_a_table_locked_past_the_lock_timeout_parks_nothing(
         await pool.close()
 
 
+async def test_one_books_locked_rows_do_not_hold_up_another_book(
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection, pg_url: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    held_id, held_stream, held_written = await checkout_events(api, redis)
+    free_id, free_stream, free_written = await checkout_events(api, redis)
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=4,
+                                     server_settings={"lock_timeout": "100"})
+    try:
+        writer = Writer(redis, pool, Keys("cb"), WriterConfig(consumer="one-held",
+                                                              **QUICK_PAUSES))
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM codes WHERE book_id = $1 FOR UPDATE", held_id)
+            while await writer.step():
+                pass
+            assert await unacknowledged(redis, free_stream) == 0
+            assert await unacknowledged(redis, held_stream) == held_written
+            assert pauses(caplog, held_stream, "LockNotAvailableError") >= 1
+
+        await all_applied(redis, conn, writer, held_id, held_stream, held_written)
+        assert sum((await event_types(conn, free_id)).values()) == free_written
+    finally:
+        await pool.close()
+
+
 async def test_sessions_opened_while_the_database_was_read_only_are_replaced(
-        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection, pg_url: str) -> None:
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection, pg_url: str,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A session keeps the read-only default it was opened with (as one does
     that still points at a demoted primary): the pool's sessions failed on
     after the database was writable again, until the writer was restarted."""
@@ -71,9 +110,10 @@ async def test_sessions_opened_while_the_database_was_read_only_are_replaced(
     await conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
     pool = await db.connect(pg_url, min_size=2, max_size=4)  # its sessions open read-only
     try:
-        writer = Writer(redis, pool, Keys("cb"), WriterConfig(consumer="read-only"))
-        with pytest.raises(PostgresNotNow, match="ReadOnlySQLTransactionError"):
-            await writer.step()
+        writer = Writer(redis, pool, Keys("cb"), WriterConfig(consumer="read-only",
+                                                              **QUICK_PAUSES))
+        assert await writer.step() == 0
+        assert pauses(caplog, stream, "ReadOnlySQLTransactionError") == 1
         await conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
 
         await all_applied(redis, conn, writer, book_id, stream, written)
@@ -97,5 +137,6 @@ async def test_an_admin_write_to_a_read_only_database_is_503_then_works_again(
     made = await api.post("/coupons", {"name": "writable again"}, token=api.server.admin)
 
     assert_unavailable(refused)
+    assert refused.json()["detail"] == "Postgres cannot take this write right now; retry shortly"
     assert made.status_code == 201, made.text
     assert await conn.fetchval("SELECT count(*) FROM books") == books_before + 1
