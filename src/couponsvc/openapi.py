@@ -12,7 +12,7 @@ from couponsvc import __version__
 from couponsvc.errors import PROBLEM_MEDIA_TYPE, Problem
 from couponsvc.http import IDEMPOTENCY_KEY
 from couponsvc.routes import REPLAYED_HEADER, Operation
-from couponsvc.schemas import UUID_PATTERN, BookId, Code, UserId
+from couponsvc.schemas import END, UUID_PATTERN, BookId, Code, UserId
 
 REF = "#/components/schemas/{name}"
 ERROR_DESCRIPTIONS = {
@@ -112,7 +112,7 @@ def build(operations: Sequence[Operation]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schema_of)
-    return {
+    return _portable_patterns({
         "openapi": "3.1.0",
         "info": {
             "title": "Coupon Book Service",
@@ -126,7 +126,20 @@ def build(operations: Sequence[Operation]) -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
                                                "bearerFormat": "JWT"}},
         },
-    }
+    })
+
+
+def _portable_patterns(value: Any) -> Any:
+    """The document with each pattern's END written `$`: in the ECMAScript
+    regexes of JSON Schema `$` already means the end of the input, and a
+    lookahead is past what many validators take (RE2-based ones refuse it).
+    END is for msgspec, which matches with Python's `re`."""
+    if isinstance(value, dict):
+        return {key: (item.replace(END, "$") if key == "pattern" and isinstance(item, str)
+                      else _portable_patterns(item)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_portable_patterns(item) for item in value]
+    return value
 
 
 def _operation(op: Operation, schema_of: dict[int, Any]) -> dict[str, Any]:
