@@ -112,7 +112,7 @@ def build(operations: Sequence[Operation]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schema_of)
-    return _portable_patterns({
+    document: dict[str, Any] = _portable_patterns({
         "openapi": "3.1.0",
         "info": {
             "title": "Coupon Book Service",
@@ -127,6 +127,7 @@ def build(operations: Sequence[Operation]) -> dict[str, Any]:
                                                "bearerFormat": "JWT"}},
         },
     })
+    return document
 
 
 def _portable_patterns(value: Any) -> Any:

@@ -108,9 +108,16 @@ class Scripts:
         if loading is None:
             loading = asyncio.ensure_future(self._redis.script_load(self._scripts[name].script))
             self._reloading[name] = loading
-            loading.add_done_callback(lambda _: self._reloading.pop(name, None))
+            loading.add_done_callback(lambda done: self._forget_load(name, done))
         # Shielded: a caller that gives up does not cancel the others' load.
         self._scripts[name].sha = await asyncio.shield(loading)
+
+    def _forget_load(self, name: str, done: asyncio.Future[Any]) -> None:
+        """Drops a finished load, and reads its outcome: when every caller gave
+        up waiting, a failure would be left unread (asyncio logs that)."""
+        self._reloading.pop(name, None)
+        if not done.cancelled():
+            done.exception()
 
     async def run_many(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]

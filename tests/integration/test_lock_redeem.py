@@ -76,7 +76,6 @@ async def test_a_second_lock_is_423_with_retry_after(api: Api) -> None:
     retry_after = int(second.headers["retry-after"])
     # The server took "now" somewhere between sending and answering.
     assert math.ceil(locked_until - answered) <= retry_after <= math.ceil(locked_until - sent)
-    assert 29 <= retry_after <= 30
     assert problem["retryAfterSeconds"] == retry_after
     assert datetime.fromisoformat(problem["lockedUntil"]) == datetime.fromisoformat(
         first["lockedUntil"])

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 async def test_a_lock_that_ends_with_its_book_is_recorded(service: Service) -> None:
     """After validUntil no lock or redeem can run in the book, and those were
     what recorded ended locks: Postgres showed the code locked for good."""
-    ends = datetime.now(UTC) + timedelta(seconds=1.5)
+    ends = datetime.now(UTC) + timedelta(seconds=3)  # time to make, assign and lock
     book = await service.books.create(CreateBook(name="Ending", validUntil=ends,
                                                  initialCouponAmount=2))
     code = (await service.coupons.assign_random(OPS, book.id, "erin", None)).coupon.code
