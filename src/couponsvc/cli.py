@@ -76,8 +76,8 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     if not 1 <= args.ttl <= LATEST_EXP - int(time.time()):
         return _usage_error(f"--ttl must be from 1 to {LATEST_EXP - int(time.time())} seconds")
     if settings.jwt_public_key:
-        raise SystemExit("couponsvc: tokens can be issued only with a shared secret "
-                         "(COUPONSVC_JWT_SECRET, HS256); this service verifies with a public key")
+        return _usage_error("tokens can be issued only with a shared secret (COUPONSVC_JWT_SECRET,"
+                            " HS256); this service verifies with a public key")
     print(issue_token(settings, args.sub, args.scope, args.ttl))
     return 0
 
@@ -223,7 +223,7 @@ def _upload(_: Settings, args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("COUPONSVC_TOKEN", "")
     if not token:
-        raise SystemExit("couponsvc: pass --token or set COUPONSVC_TOKEN (an admin token)")
+        return _usage_error("pass --token or set COUPONSVC_TOKEN (an admin token)")
     try:
         totals = upload(args.url or _local_url(), token, args.book, Path(args.file), args.chunk)
     except UploadError as exc:

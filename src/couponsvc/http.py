@@ -20,9 +20,9 @@ IDEMPOTENCY_HEADER = b"idempotency-key"
 _SINGLE_HEADERS = frozenset({b"authorization", b"content-type", IDEMPOTENCY_HEADER})
 _HEADER_INDEX = "couponsvc.headers"  # where `header` keeps its index in the scope
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-_FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
 # US-ASCII text is UTF-8 too.
 _UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
+_FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 
 _GOT_FLOAT = "got `float`"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from couponsvc import cli
 from couponsvc.cli import parser, writer_config
@@ -167,3 +169,30 @@ def test_upload_names_the_line_of_a_malformed_csv(tmp_path: Path) -> None:
         list(read_codes(path))
 
     assert str(refused.value) == f"{path}, line 3: not valid CSV: ',' expected after '\"'"
+
+
+def test_upload_without_a_token_is_a_usage_error(
+        clean_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    codes = tmp_path / "codes.txt"
+    codes.write_text("A-1\n")
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["upload", str(codes), "--book", "b"])
+
+    assert exit_.value.code == 2
+    assert "pass --token or set COUPONSVC_TOKEN" in capsys.readouterr().err
+
+
+def test_a_token_cannot_be_issued_for_a_public_key_deployment(
+        clean_env: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    public_key = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    monkeypatch.setenv("COUPONSVC_JWT_ALGORITHM", "ES256")
+    monkeypatch.setenv("COUPONSVC_JWT_PUBLIC_KEY", public_key)
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["token", "--sub", "alice"])
+
+    assert exit_.value.code == 2
+    assert "only with a shared secret" in capsys.readouterr().err
