@@ -4,6 +4,7 @@ events' own: the events wait and are applied later, none is parked."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -49,54 +50,53 @@ def pauses(caplog: pytest.LogCaptureFixture, stream: str, error: str) -> int:
 QUICK_PAUSES = {"not_now_pause_s": 0.01, "not_now_pause_max_s": 0.01}
 
 
+@pytest.fixture
+async def impatient_writer(redis: Redis, pg_url: str) -> AsyncIterator[Writer]:
+    """A writer whose sessions wait 100 ms for a lock (lock_timeout), then give up."""
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=4,
+                                     server_settings={"lock_timeout": "100"})
+    try:
+        yield Writer(redis, pool, Keys("cb"), WriterConfig(consumer="impatient", **QUICK_PAUSES))
+    finally:
+        await pool.close()
+
+
 async def test_a_table_locked_past_the_lock_timeout_parks_nothing(
-        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection, pg_url: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection,
+        impatient_writer: Writer, caplog: pytest.LogCaptureFixture) -> None:
     """A migration or VACUUM FULL holding `codes`, with a lock_timeout set:
     every event failed alike, each counted an attempt, and after five passes
     the writer parked (and acknowledged) valid checkouts for good."""
     book_id, stream, written = await checkout_events(api, redis)
-    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=4,
-                                     server_settings={"lock_timeout": "100"})
-    try:
-        writer = Writer(redis, pool, Keys("cb"), WriterConfig(consumer="locked-out",
-                                                              **QUICK_PAUSES))
-        async with conn.transaction():
-            await conn.execute("LOCK TABLE codes IN ACCESS EXCLUSIVE MODE")
-            for _ in range(MAX_ATTEMPTS + 2):
-                assert await writer.step() == 0
-                await asyncio.sleep(0.02)  # past the pause: the next pass tries again
-            assert pauses(caplog, stream, "LockNotAvailableError") == MAX_ATTEMPTS + 2
-            assert await conn.fetchval("SELECT count(*) FROM parked_events") == 0
-            assert await unacknowledged(redis, stream) == written
+    writer = impatient_writer
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE codes IN ACCESS EXCLUSIVE MODE")
+        for _ in range(MAX_ATTEMPTS + 2):
+            assert await writer.step() == 0
+            await asyncio.sleep(0.02)  # past the pause: the next pass tries again
+        assert pauses(caplog, stream, "LockNotAvailableError") == MAX_ATTEMPTS + 2
+        assert await conn.fetchval("SELECT count(*) FROM parked_events") == 0
+        assert await unacknowledged(redis, stream) == written
 
-        await all_applied(redis, conn, writer, book_id, stream, written)
-    finally:
-        await pool.close()
+    await all_applied(redis, conn, writer, book_id, stream, written)
 
 
 async def test_one_books_locked_rows_do_not_hold_up_another_book(
-        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection, pg_url: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+        stack: Durable, api: Api, redis: Redis, conn: asyncpg.Connection,
+        impatient_writer: Writer, caplog: pytest.LogCaptureFixture) -> None:
     held_id, held_stream, held_written = await checkout_events(api, redis)
     free_id, free_stream, free_written = await checkout_events(api, redis)
-    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=4,
-                                     server_settings={"lock_timeout": "100"})
-    try:
-        writer = Writer(redis, pool, Keys("cb"), WriterConfig(consumer="one-held",
-                                                              **QUICK_PAUSES))
-        async with conn.transaction():
-            await conn.execute("SELECT 1 FROM codes WHERE book_id = $1 FOR UPDATE", held_id)
-            while await writer.step():
-                pass
-            assert await unacknowledged(redis, free_stream) == 0
-            assert await unacknowledged(redis, held_stream) == held_written
-            assert pauses(caplog, held_stream, "LockNotAvailableError") >= 1
+    writer = impatient_writer
+    async with conn.transaction():
+        await conn.execute("SELECT 1 FROM codes WHERE book_id = $1 FOR UPDATE", held_id)
+        while await writer.step():
+            pass
+        assert await unacknowledged(redis, free_stream) == 0
+        assert await unacknowledged(redis, held_stream) == held_written
+        assert pauses(caplog, held_stream, "LockNotAvailableError") >= 1
 
-        await all_applied(redis, conn, writer, held_id, held_stream, held_written)
-        assert sum((await event_types(conn, free_id)).values()) == free_written
-    finally:
-        await pool.close()
+    await all_applied(redis, conn, writer, held_id, held_stream, held_written)
+    assert sum((await event_types(conn, free_id)).values()) == free_written
 
 
 async def test_sessions_opened_while_the_database_was_read_only_are_replaced(
