@@ -5,7 +5,7 @@ script call per hit, cluster-safe: each counter's two keys share a hash tag),
 through redis-py. What is counted, and for whom:
 
 - every assign (random or by code), and every 404 of a code look-up
-  (assign by code, lock, redeem);
+  (assign by code, lock, unlock, redeem);
 - per *caller*: an end user's token is the caller; a back-end token
   (coupons:write or coupons:admin) serves many users, so there the caller is
   the pair (token subject, userId acted for);
@@ -15,9 +15,12 @@ through redis-py. What is counted, and for whom:
 A caller over a limit gets 429 with Retry-After. Successful look-ups are never
 counted, so a normal checkout (assign, lock, redeem its own code) is not
 throttled by the look-up limit. To keep that path free of extra round trips,
-look-ups are not checked in Redis before they run: a miss that goes over the
-limit marks the caller blocked in this process until the window frees up, and
-later look-ups of a blocked caller are refused without touching Redis.
+look-ups are not checked in Redis before they run: a miss that goes over a
+limit (the caller's or its address's) marks the caller blocked in this process
+until the window frees up, and later look-ups of a blocked caller are refused
+without touching Redis. An address over its limit blocks each caller behind
+it at that caller's next miss, not every caller behind it: users sharing an
+address (a NAT, a proxy) with a guesser keep their own look-ups.
 """
 
 from __future__ import annotations
@@ -105,23 +108,26 @@ class AbuseGuard:
                 await self._refuse(limit, who, "too many assign requests")
 
     def before_lookup(self, principal: Principal, user_id: str, address: str | None) -> None:
-        """429 for a caller that this process saw go over the miss limit."""
+        """429 for a caller that this process saw miss over a limit (its own,
+        or its address's)."""
+        until = self._blocked_until.get(self._caller("miss", principal, user_id))
         now = time.time()
-        for _, who in self._subjects("miss", principal, user_id, address):
-            until = self._blocked_until.get(who)
-            if until is not None and until > now:
-                raise errors.TooManyRequests("too many look-ups of unknown codes",
-                                             retry_after=math.ceil(until - now))
+        if until is not None and until > now:
+            raise errors.TooManyRequests("too many look-ups of unknown codes",
+                                         retry_after=math.ceil(until - now))
 
     async def lookup_missed(self, principal: Principal, user_id: str,
                             address: str | None) -> None:
-        """Counts a 404; 429 (instead of the 404) once the caller is over the limit."""
+        """Counts a 404; 429 (instead of the 404) once the caller or its
+        address is over the limit. Either way it is the caller that is then
+        blocked, not the address: the users behind one address (a NAT, a
+        proxy) who do not guess keep their look-ups."""
         for limit, who in self._subjects("miss", principal, user_id, address):
             if not await self._limiter.hit(limit, *who):
                 until = await self._refuse_at(limit, who)
                 if len(self._blocked_until) >= MAX_REMEMBERED_BLOCKS:
                     self._blocked_until.pop(next(iter(self._blocked_until)))
-                self._blocked_until[who] = until
+                self._blocked_until[self._caller("miss", principal, user_id)] = until
                 raise errors.TooManyRequests("too many look-ups of unknown codes",
                                              retry_after=math.ceil(until - time.time()))
 
@@ -133,14 +139,17 @@ class AbuseGuard:
             else self.limits.misses_per_caller
         per_address = self.limits.assigns_per_address if what == "assign" \
             else self.limits.misses_per_address
-        if principal.acts_for_anyone:
-            caller: tuple[str, ...] = (what, "caller", principal.sub, user_id)
-        else:
-            caller = (what, "caller", principal.sub)
+        caller = self._caller(what, principal, user_id)
         subjects = [(limit, caller) for limit in per_caller]
         if address is not None and not principal.acts_for_anyone:
             subjects += [(limit, (what, "address", address)) for limit in per_address]
         return subjects
+
+    @staticmethod
+    def _caller(what: str, principal: Principal, user_id: str) -> tuple[str, ...]:
+        if principal.acts_for_anyone:
+            return (what, "caller", principal.sub, user_id)
+        return (what, "caller", principal.sub)
 
     async def _refuse_at(self, limit: RateLimitItem, who: tuple[str, ...]) -> float:
         """When the caller may try again: the window's reset, at least a second away."""

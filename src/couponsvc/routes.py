@@ -172,7 +172,10 @@ async def unlock_code(request: Request) -> Response:
     principal = _principal(request)
     code = _path_code(request)
     req = await json_body(request, schemas.Unlock)
-    coupon = await _services(request).coupons.unlock(principal, code, req.userId, req.lockToken)
+    coupons = _services(request).coupons
+    # A look-up of a code by name like the others: its 404s count as misses.
+    coupon = await _look_up(request, principal, req.userId,
+                            lambda: coupons.unlock(principal, code, req.userId, req.lockToken))
     return json_response(coupon)
 
 

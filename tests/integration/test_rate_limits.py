@@ -191,6 +191,40 @@ async def test_the_address_limit_spans_users(limited: Api) -> None:
     assert set(answers[MISSES_PER_ADDRESS:]) == {429}
 
 
+async def test_users_sharing_an_address_with_guessers_keep_their_own_look_ups(
+        limited: Api) -> None:
+    """Behind one NAT or proxy: the guessers' misses put the address over its
+    limit, and each guessing account is then refused at its next miss; a user
+    who does not guess locks its own code as usual (the whole address was
+    refused every look-up, so a few accounts could stop everyone's checkout)."""
+    book, code, owner = await limited.owned_code()
+    answers = []
+    for _ in range(MISSES_PER_ADDRESS // 2 + 1):
+        user = new_user()
+        token = limited.server.user(user)
+        for _ in range(2):
+            answers.append((await limited.lock(new_code("GUESS"), user, token=token)).status_code)
+    assert answers[MISSES_PER_ADDRESS:] == [429, 429]
+    fresh_guesser = new_user()
+
+    own = await limited.lock(code, owner, token=limited.server.user(owner))
+    guess = await limited.lock(new_code("GUESS"), fresh_guesser,
+                               token=limited.server.user(fresh_guesser))
+
+    assert own.status_code == 200, own.text
+    assert_problem(guess, 429, "too-many-requests")
+
+
+async def test_unlocking_unknown_codes_counts_as_guessing(limited: Api) -> None:
+    """Unlock looks a code up by name like lock and redeem: its 404s count."""
+    user = new_user()
+    token = limited.server.user(user)
+    answers = [(await limited.unlock(new_code("GUESS"), user, "x", token=token)).status_code
+               for _ in range(MISSES_PER_CALLER + 1)]
+
+    assert answers == [404] * MISSES_PER_CALLER + [429]
+
+
 async def test_a_back_end_is_limited_per_user_it_acts_for(limited: Api) -> None:
     guesser, honest = new_user(), new_user()
     window_opened = time.time()
