@@ -7,6 +7,7 @@ state and masked in every diff.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -66,6 +67,11 @@ class ApiSettings:
     target_cpu_utilization: int  # percent of the CPU request
     max_unavailable: int  # pods a voluntary disruption (a node drain) may take at once
     resources: Resources
+    # The ingress's addresses (IPs or CIDRs, comma-separated) whose X-Forwarded-For
+    # the API believes (uvicorn's FORWARDED_ALLOW_IPS): without them every end user
+    # seems to come from the ingress, and the per-address limits become one
+    # limit for all of them.
+    trusted_proxies: str | None = None
 
     @classmethod
     def parse(cls, section: Section) -> ApiSettings:
@@ -75,8 +81,15 @@ class ApiSettings:
             target_cpu_utilization=section.integer("targetCpuUtilization", 70, minimum=1),
             max_unavailable=section.integer("maxUnavailable", 1, minimum=1),
             resources=Resources.parse(section.section("resources")),
+            trusted_proxies=section.optional_text("trustedProxies"),
         )
         section.done()
+        for proxy in api.trusted_proxies.split(",") if api.trusted_proxies else []:
+            try:
+                ipaddress.ip_network(proxy.strip())
+            except ValueError:
+                raise ConfigError(f"couponsvc:api.trustedProxies: {proxy.strip()!r} is not an "
+                                  "IP address or network") from None
         if api.min_replicas > api.max_replicas:
             raise ConfigError(f"couponsvc:api.minReplicas ({api.min_replicas}) is over "
                               f"maxReplicas ({api.max_replicas})")

@@ -69,6 +69,8 @@ def deploy() -> None:
         "COUPONSVC_REDIS_WAIT_REPLICAS": "1" if redis.cluster else "0",
         "COUPONSVC_KEY_PREFIX": stack.key_prefix,
     }
+    if stack.api.trusted_proxies:
+        plain["FORWARDED_ALLOW_IPS"] = stack.api.trusted_proxies
     for variable, value in (("COUPONSVC_JWT_AUDIENCE", stack.jwt_audience),
                             ("COUPONSVC_JWT_ISSUER", stack.jwt_issuer),
                             ("COUPONSVC_JWT_PUBLIC_KEY", stack.jwt_public_key)):

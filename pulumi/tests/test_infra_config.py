@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from couponinfra.config import ConfigError, quantity
-from infra_harness import Builder, stack_file
+from infra_harness import Builder, container, env_of, stack_file
 
 pytestmark = pytest.mark.unit
 
@@ -38,6 +38,18 @@ def test_bare_numbers_are_quantities(stacks: Builder) -> None:
     assert spec["containers"][0]["resources"]["requests"]["cpu"] == "0.5"
 
 
+def test_trusted_proxies_reach_the_api_as_forwarded_allow_ips(stacks: Builder) -> None:
+    """The ingress's X-Forwarded-For is believed only from these addresses; without
+    them every end user seems to come from the ingress (one per-address limit)."""
+    built = stacks("dev", _with("dev", "api", trustedProxies="10.0.0.0/8, 192.168.1.7"))
+    plain = stacks("dev", {})
+
+    api = env_of(container(built.one("Deployment", "couponsvc-api"), "api"))
+    assert api["FORWARDED_ALLOW_IPS"] == "10.0.0.0/8, 192.168.1.7"
+    assert "FORWARDED_ALLOW_IPS" not in env_of(
+        container(plain.one("Deployment", "couponsvc-api"), "api"))
+
+
 @pytest.mark.parametrize(("stack", "overrides", "message"), [
     ("dev", {"imageTag": "latest"}, "imageTag must be the image's git commit"),
     ("dev", {"image": "registry.example.com/couponsvc:1.0"}, "the tag is imageTag"),
@@ -65,6 +77,8 @@ def test_bare_numbers_are_quantities(stacks: Builder) -> None:
     ("prod-eu-west-1", _with("prod-eu-west-1", "postgres", sslmode="disable"), "sslmode"),
     ("prod-us-east-1", _with("prod-us-east-1", "api", minReplicas=1), "at least 2"),
     ("staging", {"imageTag": None}, "imageTag"),
+    ("dev", _with("dev", "api", trustedProxies="10.0.0.0/8,ingress"),
+     "'ingress' is not an IP address or network"),
 ])
 def test_bad_config_is_refused(stacks: Builder, stack: str, overrides: dict[str, Any],
                                message: str) -> None:
