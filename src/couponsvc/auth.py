@@ -17,9 +17,9 @@ from couponsvc.errors import Forbidden, Unauthorized
 from couponsvc.settings import Settings
 
 TOKEN_CACHE_LIMIT = 10_000
-# Only headers this short are cached (tokens are a few hundred bytes), so the
-# cache stays under TOKEN_CACHE_LIMIT x this however clients pad theirs.
-CACHED_HEADER_LIMIT = 4096
+# Only tokens this short are cached (they are a few hundred bytes), so the
+# cache stays under TOKEN_CACHE_LIMIT x this whatever clients send.
+CACHED_TOKEN_LIMIT = 4096
 # An exp past this (the year 5138) is refused: it is no real expiry, and
 # much larger integers do not even convert to a float.
 LATEST_EXP = 10**11
@@ -68,27 +68,23 @@ class TokenVerifier:
     def verify(self, authorization: str | None) -> Principal:
         # A token verified once stays valid until its exp: checkout back-ends
         # send the same token on every request, so skip the signature check.
-        cached = self._cache.get(authorization) if authorization else None
+        # Cached by the token itself, not the header: one token spelled many
+        # ways (the scheme's case, spaces) would otherwise push out the others.
+        token = _bearer_token(authorization)
+        cached = self._cache.get(token)
         if cached is not None and cached[1] > time.time():
             return cached[0]
-        principal, expires = self._verify(authorization)
-        if authorization and len(authorization) <= CACHED_HEADER_LIMIT:
+        principal, expires = self._verify(token)
+        if len(token) <= CACHED_TOKEN_LIMIT:
             if len(self._cache) >= TOKEN_CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[authorization] = (principal, expires)
+                self._cache.pop(next(iter(self._cache)))  # the oldest entry
+            self._cache[token] = (principal, expires)
         return principal
 
-    def _verify(self, authorization: str | None) -> tuple[Principal, float]:
-        if not authorization:
-            raise Unauthorized("send Authorization: Bearer <token>", credentials_sent=False)
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            # Another scheme, or no token: no bearer credentials were sent.
-            raise Unauthorized("the Authorization header must be 'Bearer <token>'",
-                               credentials_sent=False)
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
-                token.strip(),
+                token,
                 self._key,
                 algorithms=self._algorithms,
                 audience=self._audience,
@@ -110,6 +106,19 @@ class TokenVerifier:
         # Space-separated (RFC 8693), not split on any Unicode white space.
         scopes = frozenset(name for name in scope.split(" ") if name)
         return Principal(sub=sub, scopes=scopes), float(exp)
+
+
+def _bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header."""
+    if not authorization:
+        raise Unauthorized("send Authorization: Bearer <token>", credentials_sent=False)
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        # Another scheme, or no token: no bearer credentials were sent.
+        raise Unauthorized("the Authorization header must be 'Bearer <token>'",
+                           credentials_sent=False)
+    return token
 
 
 def is_unicode(text: str) -> bool:

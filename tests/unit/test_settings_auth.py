@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from couponsvc import errors
+from couponsvc import auth, errors
 from couponsvc.auth import ADMIN, WRITE, Principal, TokenVerifier, issue_token
 from couponsvc.ratelimit import storage_uri
 from couponsvc.settings import DEV_SECRET, Settings, SettingsError
@@ -344,17 +344,29 @@ def test_scopes_are_separated_by_spaces_only(hs_settings):
     assert not principal.acts_for_anyone
 
 
-def test_only_short_headers_are_cached(hs_settings):
-    """However a client pads its header, the cache keeps no more than
-    TOKEN_CACHE_LIMIT short ones."""
+def test_one_token_is_cached_once_however_it_is_spelled(hs_settings):
+    """The cache is keyed on the token, not the header: the scheme's case and
+    padding made one token thousands of entries, enough to push out everyone
+    else's."""
     verifier = TokenVerifier(hs_settings)
     token = jwt.encode(claims(), SECRET)
 
-    padded = [f"Bearer{' ' * n}{token}" for n in (5000, 5001)]
-    for header in [*padded, bearer(token)]:
+    spellings = [f"Bearer{' ' * n}{token}" for n in (1, 2, 5000)] + [f"bEaReR {token}  "]
+    for header in spellings:
         assert verifier.verify(header).sub == "alice"
 
-    assert list(verifier._cache) == [bearer(token)]
+    assert list(verifier._cache) == [token]
+
+
+def test_a_full_token_cache_forgets_its_oldest_entry_only(hs_settings, monkeypatch):
+    monkeypatch.setattr(auth, "TOKEN_CACHE_LIMIT", 2)
+    verifier = TokenVerifier(hs_settings)
+    tokens = [jwt.encode(claims(sub=f"user-{n}"), SECRET) for n in range(3)]
+
+    for token in tokens:
+        verifier.verify(bearer(token))
+
+    assert list(verifier._cache) == tokens[1:]
 
 
 def test_audience_and_issuer_when_configured():
