@@ -77,13 +77,14 @@ async def warn_unless_noeviction(redis: Redis) -> None:
     noeviction a full Redis refuses writes instead (503), and loses nothing.
     A warning, not a refusal: the setting is often the provider's to change."""
     try:
-        info = await redis.info("memory")
+        if isinstance(redis, RedisCluster):  # every node's fields, by node
+            by_node = await redis.info("memory", target_nodes=RedisCluster.ALL_NODES)
+            nodes = [node for node in by_node.values() if isinstance(node, dict)]
+        else:
+            nodes = [await redis.info("memory")]
     except RedisError as exc:
         log.warning("could not read Redis's maxmemory-policy: %s", exc)
         return
-    # One server answers its fields; the cluster client one dict per node.
-    nodes = [info] if "maxmemory_policy" in info else \
-        [node for node in info.values() if isinstance(node, dict)]
     policies = sorted({str(node.get("maxmemory_policy")) for node in nodes} - {"noeviction"})
     if policies:
         log.warning("Redis's maxmemory-policy is %s: under memory pressure it may evict "

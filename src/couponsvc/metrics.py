@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,7 +51,14 @@ class OutboxReading:
 
     lag: int
     pending: int
-    oldest_age_seconds: float
+    oldest_unacked_ms: int | None  # the oldest entry's time (its id), None when none
+    read_at: float  # time.monotonic() when it was read
+
+    def oldest_age_seconds(self) -> float:
+        """Its age now (a reading may serve a few scrapes): never understated."""
+        if self.oldest_unacked_ms is None:
+            return 0.0
+        return max(0.0, time.time() - self.oldest_unacked_ms / 1000)
 
 
 class OutboxGauges(Collector):
@@ -60,6 +68,7 @@ class OutboxGauges(Collector):
 
     def __init__(self) -> None:
         self.reading: OutboxReading | None = None
+        self.refreshing: asyncio.Future[None] | None = None  # the read under way
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("couponsvc_outbox_gauges_up",
@@ -75,7 +84,7 @@ class OutboxGauges(Collector):
                                 value=self.reading.pending)
         yield GaugeMetricFamily("couponsvc_outbox_oldest_unacked_seconds",
                                 "Age of the oldest entry the writer has not acknowledged",
-                                value=self.reading.oldest_age_seconds)
+                                value=self.reading.oldest_age_seconds())
 
 
 class TimingMiddleware:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
 import pytest
+from redis.asyncio import Redis, RedisCluster
 
 from .api_client import Api
 from .names import new_user
@@ -100,3 +102,28 @@ async def test_metrics_read_the_outbox_gauges_on_either_kind_of_redis(api: Api) 
     assert values["couponsvc_outbox_gauges_up"] == "1.0"
     assert {"couponsvc_outbox_lag_events", "couponsvc_outbox_pending_events",
             "couponsvc_outbox_oldest_unacked_seconds"} <= set(values)
+
+
+async def test_scrapes_at_once_share_one_reading_of_the_outbox(api: Api, redis: Redis) -> None:
+    """A reading asks every book's stream (and /metrics takes no token): 50
+    scrapes at once cost one reading, not 50, and each still shows the gauges."""
+    book, _ = await api.book_with_codes(2)
+    assert (await api.assign(book["id"], new_user())).status_code == 200
+    before = await _readings(redis)
+
+    responses = await asyncio.gather(*(api.client.get("/metrics") for _ in range(50)))
+
+    assert {r.status_code for r in responses} == {200}
+    assert all("couponsvc_outbox_gauges_up 1.0" in r.text for r in responses)
+    assert 1 <= await _readings(redis) - before <= 2  # one, or two across the reuse window
+
+
+async def _readings(redis: Redis) -> int:
+    """How many readings of the outbox the API has made: each starts with one
+    HVALS of the index of books (nothing else in this API sends HVALS)."""
+    if isinstance(redis, RedisCluster):  # every node's, by node
+        by_node = await redis.info("commandstats", target_nodes=RedisCluster.ALL_NODES)
+        nodes = list(by_node.values())
+    else:
+        nodes = [await redis.info("commandstats")]
+    return sum(int(node.get("cmdstat_hvals", {}).get("calls", 0)) for node in nodes)
