@@ -327,7 +327,7 @@ OPERATIONS: tuple[Operation, ...] = (
               idempotent=True),
     Operation("POST", "/coupons/unlock/{code}", unlock_code, "unlockCoupon",
               "Release a lock", "coupons", schemas.Unlock,
-              {200: ("The code, unlocked", schemas.Coupon)}, (*_WRITE_ERRORS, 423)),
+              {200: ("The code, unlocked", schemas.Coupon)}, (*_LIMITED_ERRORS, 423)),
     Operation("POST", "/coupons/redeem/{code}", redeem_code, "redeemCoupon",
               "Redeem a code", "coupons", schemas.Redeem,
               {200: ("The redemption", schemas.Redemption)}, (*_LIMITED_ERRORS, 423),

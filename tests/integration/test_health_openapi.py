@@ -115,7 +115,9 @@ async def test_scrapes_at_once_share_one_reading_of_the_outbox(api: Api, redis: 
 
     assert {r.status_code for r in responses} == {200}
     assert all("couponsvc_outbox_gauges_up 1.0" in r.text for r in responses)
-    assert 1 <= await _readings(redis) - before <= 2  # one, or two across the reuse window
+    # Far fewer than 50: one reading serves the scrapes at the same time and
+    # those of the next 100 ms (a few, while 50 requests are answered).
+    assert 1 <= await _readings(redis) - before <= 5
 
 
 async def _readings(redis: Redis) -> int:

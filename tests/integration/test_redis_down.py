@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from couponsvc.outbox_stats import READING_REUSE_SECONDS
+
 from .api_client import Api, http_client
 from .names import new_code, new_user
 from .problems import assert_problem, assert_unavailable
@@ -188,6 +190,8 @@ async def test_metrics_answer_without_the_outbox_gauges_while_redis_is_down(
         own_stack.redis.pause()
     else:
         own_stack.redis.kill()
+    # A reading serves the scrapes of the next 100 ms: the outage shows after it.
+    await asyncio.sleep(READING_REUSE_SECONDS)
     try:
         assert_unavailable(await api.assign(book["id"], new_user()))
         response = await api.client.get("/metrics")
