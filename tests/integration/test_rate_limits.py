@@ -180,13 +180,20 @@ async def test_a_burst_of_assigns_gets_exactly_the_limit(limited: Api, redis: Re
     assert await redis.scard(f"{prefix}:free") == BURST - ASSIGNS_PER_CALLER
 
 
-async def test_the_address_limit_spans_users(limited: Api) -> None:
+async def guesses_from_accounts_behind_one_address(limited: Api) -> list[int]:
+    """Two guessed locks from each of several end users, all from the test's
+    address, one more pair than the address allows misses: their statuses."""
     answers = []
     for _ in range(MISSES_PER_ADDRESS // 2 + 1):
         user = new_user()
         token = limited.server.user(user)
         for _ in range(2):
             answers.append((await limited.lock(new_code("GUESS"), user, token=token)).status_code)
+    return answers
+
+
+async def test_the_address_limit_spans_users(limited: Api) -> None:
+    answers = await guesses_from_accounts_behind_one_address(limited)
     assert answers[:MISSES_PER_ADDRESS] == [404] * MISSES_PER_ADDRESS
     assert set(answers[MISSES_PER_ADDRESS:]) == {429}
 
@@ -198,12 +205,7 @@ async def test_users_sharing_an_address_with_guessers_keep_their_own_look_ups(
     who does not guess locks its own code as usual (the whole address was
     refused every look-up, so a few accounts could stop everyone's checkout)."""
     book, code, owner = await limited.owned_code()
-    answers = []
-    for _ in range(MISSES_PER_ADDRESS // 2 + 1):
-        user = new_user()
-        token = limited.server.user(user)
-        for _ in range(2):
-            answers.append((await limited.lock(new_code("GUESS"), user, token=token)).status_code)
+    answers = await guesses_from_accounts_behind_one_address(limited)
     assert answers[MISSES_PER_ADDRESS:] == [429, 429]
     fresh_guesser = new_user()
 
