@@ -107,7 +107,7 @@ class AbuseGuard:
             if not await self._limiter.hit(limit, *who):
                 await self._refuse(limit, who, "too many assign requests")
 
-    def before_lookup(self, principal: Principal, user_id: str, address: str | None) -> None:
+    def before_lookup(self, principal: Principal, user_id: str) -> None:
         """429 for a caller that this process saw miss over a limit (its own,
         or its address's)."""
         until = self._blocked_until.get(self._caller("miss", principal, user_id))

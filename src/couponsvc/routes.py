@@ -210,12 +210,11 @@ async def _look_up(request: Request, principal: Principal, user_id: str,
     guard = _services(request).guard
     if guard is None:
         return await call()
-    address = _address(request)
-    guard.before_lookup(principal, user_id, address)
+    guard.before_lookup(principal, user_id)
     try:
         return await call()
     except errors.NotFound:
-        await guard.lookup_missed(principal, user_id, address)
+        await guard.lookup_missed(principal, user_id, _address(request))
         raise
 
 
