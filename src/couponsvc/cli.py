@@ -249,8 +249,7 @@ def _database_url(settings: Settings) -> str:
     """The Postgres URL; a missing one is a settings error (exit 2, as a
     malformed one is), never verify's 1, "the two differ"."""
     if not settings.database_url:
-        print("couponsvc: set COUPONSVC_DATABASE_URL", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(_usage_error("set COUPONSVC_DATABASE_URL"))
     return settings.database_url
 
 
