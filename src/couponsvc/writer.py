@@ -27,6 +27,7 @@ from couponsvc.keys import BookKeys, Keys
 from couponsvc.metrics import WriterMetrics
 from couponsvc.outbox import GROUP, Event, apply_events, parse_entries
 from couponsvc.scripts import Scripts
+from couponsvc.visits import Visits
 
 log = logging.getLogger("couponsvc.writer")
 
@@ -34,6 +35,10 @@ log = logging.getLogger("couponsvc.writer")
 # 16,000 expiries a second per book.
 SWEEP_SLICE = 1000
 SWEEP_SLICES = 16
+# Commands per pipelined round trip when many books are read at once.
+PROBE_CHUNK = 1000
+# The list of books is read again when its length changes, and at least this often.
+BOOK_LIST_MAX_AGE_S = 5.0
 
 # Error classes (SQLSTATE's first two characters) that can come from an
 # event's own data: a data exception (22), a constraint it breaks (23), a
@@ -94,6 +99,14 @@ class WriterConfig:
     # most a lock_expired event waits to be written, when nothing else in
     # its book records it sooner.
     lock_sweep_interval_s: float = 1.0
+    # A quiet book (its last read found nothing) is read again after
+    # idle_sleep_s, doubling up to this: the longest its first new event
+    # waits. Busy books are read on every pass.
+    quiet_read_max_s: float = 0.5
+    # Every book's locks are swept this often whatever this writer saw: a
+    # lock whose event another writer applied (and then died) is recorded
+    # within this long of its end.
+    full_lock_sweep_interval_s: float = 60.0
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
@@ -147,8 +160,14 @@ class Writer:
         self._retry_own: set[str] = set()  # streams whose pending entries to read again
         self._attempts: dict[tuple[str, str], int] = {}
         self._last_trim = 0.0
-        self._last_sweep = 0.0
         self._scripts = scripts  # made on first use (sweeps only)
+        cfg = self.config
+        self._visits = Visits(first_gap=cfg.idle_sleep_s, max_gap=cfg.quiet_read_max_s,
+                              sweep_every=cfg.lock_sweep_interval_s,
+                              full_sweep_every=cfg.full_lock_sweep_interval_s)
+        self._visit_all = False  # drain(): every book on every pass
+        self._numbers: list[int] = []
+        self._numbers_read_at = -BOOK_LIST_MAX_AGE_S
         self._last_claim: dict[str, float] = {}
         self._paused: dict[str, tuple[float, float]] = {}  # stream: (until, for how long)
 
@@ -179,28 +198,125 @@ class Writer:
         log.info("writer %s stopped", self.config.consumer)
 
     async def step(self) -> int:
-        """One pass over every book's stream; returns how many events were
-        applied, plus the lock expiries recorded (events for the next pass)."""
-        numbers = sorted(int(n) for n in await self.redis.hvals(self.keys.books))
+        """One pass: reads the books that are due (`Visits`) in pipelined round
+        trips and drains those that had entries, one book after another; then
+        sweeps the locks and trims the streams that are due. Returns how many
+        events were applied, plus the lock expiries recorded (events for the
+        next pass)."""
+        numbers = await self._book_numbers()
+        visits = self._visits
         applied = 0
-        for number in numbers:
-            applied += await self._drain_unless_paused(self.keys.book(number).events)
-        if time.monotonic() - self._last_sweep > self.config.lock_sweep_interval_s:
-            self._last_sweep = time.monotonic()
+        due = numbers if self._visit_all else visits.reads_due(numbers)
+        for number, first in await self._read_books(due):
+            applied += await self._drain_unless_paused(self.keys.book(number).events, first)
+        sweeps = numbers if self._visit_all else visits.sweeps_due(numbers)
+        if sweeps:
             # Side by side: the calls share pipelined batches, not a round trip each.
-            recorded = await asyncio.gather(*(self.record_expired_locks(self.keys.book(n))
-                                              for n in numbers))
-            applied += sum(recorded)
+            swept = await asyncio.gather(*(self._sweep(n) for n in sweeps))
+            applied += sum(swept)
         if time.monotonic() - self._last_trim > self.config.trim_interval_s:
             self._last_trim = time.monotonic()
-            for number in numbers:
+            for number in numbers if self._visit_all else visits.trims_due(numbers):
                 await trim_acknowledged(self.redis, self.keys.book(number).events)
+                visits.trimmed(number)
         return applied
 
+    async def _book_numbers(self) -> list[int]:
+        """Every book's number, read again when the list's length changed (a
+        new book) or it is older than BOOK_LIST_MAX_AGE_S."""
+        stale = time.monotonic() - self._numbers_read_at > BOOK_LIST_MAX_AGE_S
+        if stale or self._visit_all \
+                or await self.redis.hlen(self.keys.books) != len(self._numbers):
+            self._numbers = sorted(int(n) for n in await self.redis.hvals(self.keys.books))
+            self._numbers_read_at = time.monotonic()
+            self._visits.forget_others(self._numbers)
+        return self._numbers
+
+    async def _read_books(self, numbers: Sequence[int]) -> list[tuple[int, list[Any]]]:
+        """The first entries of each book's stream, PROBE_CHUNK books a round
+        trip: ours left unacknowledged after a failed attempt, else a dead
+        writer's (XAUTOCLAIM, now and then) together with new ones. Returns the
+        books that had some; streams Postgres refused for now are left out."""
+        found: list[tuple[int, list[Any]]] = []
+        numbers = [n for n in numbers if not self._is_paused(self.keys.book(n).events)]
+        for start in range(0, len(numbers), PROBE_CHUNK):
+            found += await self._read_chunk(numbers[start:start + PROBE_CHUNK])
+        return found
+
+    async def _read_chunk(self, numbers: Sequence[int]) -> list[tuple[int, list[Any]]]:
+        cfg = self.config
+        plans: list[tuple[int, str, list[str]]] = []  # number, stream, what was asked
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for number in numbers:
+                stream = self.keys.book(number).events
+                asked = []
+                if stream not in self._groups:
+                    pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                    asked.append("group")
+                if stream in self._retry_own:
+                    pipe.xreadgroup(GROUP, cfg.consumer, {stream: "0"}, count=cfg.batch_size)
+                    asked.append("own")
+                else:
+                    if self._claim_due(stream):
+                        pipe.xautoclaim(stream, GROUP, cfg.consumer, cfg.claim_idle_ms, "0-0",
+                                        count=cfg.batch_size)
+                        asked.append("claim")
+                    pipe.xreadgroup(GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size)
+                    asked.append("new")
+                plans.append((number, stream, asked))
+            replies = iter(await pipe.execute(raise_on_error=False))
+        found: list[tuple[int, list[Any]]] = []
+        error: BaseException | None = None
+        for number, stream, asked in plans:
+            entries: list[Any] = []
+            for what in asked:
+                reply = next(replies)
+                if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+                    # The group vanished with the data (a Redis lost, restarted
+                    # empty or flushed): create it again on the next pass.
+                    self._groups.discard(stream)
+                elif isinstance(reply, ResponseError) and "BUSYGROUP" in str(reply):
+                    self._groups.add(stream)
+                elif isinstance(reply, Exception):
+                    error = error or reply
+                elif what == "group":
+                    self._groups.add(stream)
+                elif what == "claim":
+                    claimed = list(reply[1])
+                    if claimed:  # a dead writer's backlog: take the rest of it next pass
+                        self._last_claim.pop(stream, None)
+                    entries += claimed
+                else:
+                    entries += _entries_of(reply)
+            if entries:
+                self._retry_own.add(stream)  # pending to us now, until settled
+                self._visits.had_events(number)
+                found.append((number, entries))
+            elif "own" in asked:
+                self._retry_own.discard(stream)  # nothing left to retry: new ones next pass
+            else:
+                self._visits.read(number, found=False)
+        for number, _ in found:
+            self._visits.read(number, found=True)
+        if error is not None:
+            raise error  # what was read stays pending to us, read again next pass
+        return found
+
+    async def _sweep(self, number: int) -> int:
+        recorded, more, next_end_in_ms = await self._sweep_locks(self.keys.book(number))
+        self._visits.swept(number, more, next_end_in_ms)
+        return recorded
+
     async def record_expired_locks(self, book: BookKeys) -> int:
-        """Records the book's ended locks (as lock_expired events), a slice per
-        script call (each call holds Redis for a moment only), at most
-        SWEEP_SLICES slices a sweep; returns how many."""
+        """Records the book's ended locks (as lock_expired events); returns how many."""
+        recorded, _, _ = await self._sweep_locks(book)
+        return recorded
+
+    async def _sweep_locks(self, book: BookKeys) -> tuple[int, bool, int | None]:
+        """Records the book's ended locks a slice per script call (each call
+        holds Redis for a moment only), at most SWEEP_SLICES slices. Returns
+        how many, whether ended ones were left for later, and the time until
+        the next lock left ends (None: no lock left)."""
         if self._scripts is None:
             self._scripts = Scripts(self.redis)
         total = 0
@@ -208,11 +324,11 @@ class Writer:
             reply: Any = await self._scripts.run(
                 "expire_locks", [book.meta, book.assigned, book.locks, book.events],
                 [SWEEP_SLICE])
-            recorded = int(reply)  # this script answers a count
+            recorded, next_end_in_ms = int(reply[0]), int(reply[1])
             total += recorded
             if recorded < SWEEP_SLICE:
-                break
-        return total
+                return total, False, None if next_end_in_ms < 0 else next_end_in_ms
+        return total, True, 0
 
     async def drain(self, timeout_s: float = 60.0) -> None:
         """Applies everything now in the streams, reclaiming any pending entry,
@@ -220,9 +336,9 @@ class Writer:
         deadline = time.monotonic() + timeout_s
         saved = self.config.claim_idle_ms
         self.config.claim_idle_ms = 0
+        self._visit_all = True  # a book may have more than a sweep's slices
         try:
             while True:
-                self._last_sweep = 0.0  # every pass: a book may have more than a sweep's slices
                 if not (await self.step() or await self._pending_anywhere()):
                     return
                 if time.monotonic() > deadline:
@@ -231,6 +347,7 @@ class Writer:
                     await asyncio.sleep(self.config.idle_sleep_s)
         finally:
             self.config.claim_idle_ms = saved
+            self._visit_all = False
 
     async def _pending_anywhere(self) -> bool:
         for number in await self.redis.hvals(self.keys.books):
@@ -239,14 +356,20 @@ class Writer:
                 return True
         return False
 
-    async def _drain_unless_paused(self, stream: str) -> int:
-        """Drains a stream, unless Postgres refused it for now a moment ago:
-        a lock held on one book's rows must not hold up every other book."""
+    def _is_paused(self, stream: str) -> bool:
+        """Postgres refused the stream for now a moment ago: a lock held on
+        one book's rows must not hold up every other book."""
         paused = self._paused.get(stream)
-        if paused is not None and time.monotonic() < paused[0]:
+        return paused is not None and time.monotonic() < paused[0]
+
+    async def _drain_unless_paused(self, stream: str, first: list[Any] | None = None) -> int:
+        """Drains a stream (`first`: its entries already read), pausing it
+        when Postgres refuses it for now."""
+        if self._is_paused(stream):
             return 0
+        paused = self._paused.get(stream)
         try:
-            applied = await self._drain_stream(stream)
+            applied = await self._drain_stream(stream, first)
         except PostgresNotNow as exc:
             pause = self.config.not_now_pause_s if paused is None \
                 else min(paused[1] * 2, self.config.not_now_pause_max_s)
@@ -256,10 +379,10 @@ class Writer:
         self._paused.pop(stream, None)
         return applied
 
-    async def _drain_stream(self, stream: str) -> int:
+    async def _drain_stream(self, stream: str, first: list[Any] | None = None) -> int:
         await self._ensure_group(stream)
         try:
-            return await self._drain_group(stream)
+            return await self._drain_group(stream, first)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -268,7 +391,7 @@ class Writer:
             self._groups.discard(stream)
             return 0
 
-    async def _drain_group(self, stream: str) -> int:
+    async def _drain_group(self, stream: str, first: list[Any] | None = None) -> int:
         """Applies the next batch of a stream; while its backlog is deep, keeps
         up to `parallel_batches` batches in flight, each in its own transaction
         on its own connection, reading the next batch as soon as one is
@@ -277,7 +400,8 @@ class Writer:
         stream, then moves on to the next book. Batch order does not matter:
         every statement is idempotent and a code only moves to a higher
         version."""
-        first = await self._next_entries(stream)
+        if first is None:
+            first = await self._next_entries(stream)
         if not first:
             return 0
         self._retry_own.add(stream)  # until every batch is settled
