@@ -31,11 +31,13 @@ class Sizes:
     compare_seconds: float = 3.0
     small_book_codes: int = 10_000
     large_book_codes: int = 5_000_000
+    quiet_books: int = 2_000  # quiet.py: empty books added for the last phase
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(bulk_codes=100_000, peak_seconds=5.0, latency_seconds=5.0,
-                   drain_seconds=5.0, compare_seconds=2.0, large_book_codes=1_000_000)
+                   drain_seconds=5.0, compare_seconds=2.0, large_book_codes=1_000_000,
+                   quiet_books=500)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import bulk
+import many_books
 import report
 import scaling
 from machine import describe
@@ -135,6 +136,10 @@ def _phases(bench: Bench) -> None:
     lap("flat cost")
     r["workers"] = scaling.workers(bench, r["flat_cost"]["large"])
     lap("workers")
+    r["many_books"] = many_books.many_books(bench)  # last: the books it adds stay
+    lap("many books")
+    if r["many_books"].get("cpu_cores"):
+        r["cpu"]["assign among quiet books"] = r["many_books"].pop("cpu_cores")
     for kind in ("small", "large"):
         if "cpu_cores" in r["flat_cost"][kind]:
             r["cpu"][f"flat cost, {kind} book{'s' if kind == 'small' else ''}"] = \
