@@ -17,10 +17,10 @@ import socket
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from couponsvc.keys import BookKeys, Keys
@@ -35,8 +35,12 @@ log = logging.getLogger("couponsvc.writer")
 # 16,000 expiries a second per book.
 SWEEP_SLICE = 1000
 SWEEP_SLICES = 16
-# Commands per pipelined round trip when many books are read at once.
+# Books per pipelined round trip when the writer looks for work, and the
+# entries it reads from each there: enough to tell work is waiting, few
+# enough that thousands of books' worth stays small (the batch itself is
+# read afterwards, one book at a time).
 PROBE_CHUNK = 1000
+PROBE_COUNT = 16
 # The list of books is read again when its length changes, and at least this often.
 BOOK_LIST_MAX_AGE_S = 5.0
 
@@ -207,8 +211,8 @@ class Writer:
         visits = self._visits
         applied = 0
         due = numbers if self._visit_all else visits.reads_due(numbers)
-        for number, first in await self._read_books(due):
-            applied += await self._drain_unless_paused(self.keys.book(number).events, first)
+        for number in await self._books_with_work(due):
+            applied += await self._drain_unless_paused(self.keys.book(number).events)
         sweeps = numbers if self._visit_all else visits.sweeps_due(numbers)
         if sweeps:
             # Side by side: the calls share pipelined batches, not a round trip each.
@@ -217,7 +221,11 @@ class Writer:
         if time.monotonic() - self._last_trim > self.config.trim_interval_s:
             self._last_trim = time.monotonic()
             for number in numbers if self._visit_all else visits.trims_due(numbers):
-                await trim_acknowledged(self.redis, self.keys.book(number).events)
+                try:
+                    await trim_acknowledged(self.redis, self.keys.book(number).events)
+                except ResponseError as exc:  # that book's stream only (as _probe does)
+                    log.warning("writer could not trim book %d: %s", number, exc)
+                    continue
                 visits.trimmed(number)
         return applied
 
@@ -232,43 +240,45 @@ class Writer:
             self._visits.forget_others(self._numbers)
         return self._numbers
 
-    async def _read_books(self, numbers: Sequence[int]) -> list[tuple[int, list[Any]]]:
-        """The first entries of each book's stream, PROBE_CHUNK books a round
-        trip: ours left unacknowledged after a failed attempt, else a dead
-        writer's (XAUTOCLAIM, now and then) together with new ones. Returns the
-        books that had some; streams Postgres refused for now are left out."""
-        found: list[tuple[int, list[Any]]] = []
+    async def _books_with_work(self, numbers: Sequence[int]) -> list[int]:
+        """The books whose streams have entries for this writer: ours left
+        unacknowledged, a dead writer's (XAUTOCLAIM, now and then) or new ones.
+        Asks PROBE_CHUNK books a round trip; what it reads there is pending to
+        this writer, and the drain reads it again with the rest of its batch.
+        Streams Postgres refused for now are left out."""
+        found: list[int] = []
         numbers = [n for n in numbers if not self._is_paused(self.keys.book(n).events)]
         for start in range(0, len(numbers), PROBE_CHUNK):
-            found += await self._read_chunk(numbers[start:start + PROBE_CHUNK])
+            found += await self._probe(numbers[start:start + PROBE_CHUNK])
         return found
 
-    async def _read_chunk(self, numbers: Sequence[int]) -> list[tuple[int, list[Any]]]:
+    async def _probe(self, numbers: Sequence[int]) -> list[int]:
         cfg = self.config
         plans: list[tuple[int, str, list[str]]] = []  # number, stream, what was asked
         async with self.redis.pipeline(transaction=False) as pipe:
             for number in numbers:
                 stream = self.keys.book(number).events
+                node = self._node_of(stream)
                 asked = []
                 if stream not in self._groups:
                     pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
                     asked.append("group")
                 if stream in self._retry_own:
-                    pipe.xreadgroup(GROUP, cfg.consumer, {stream: "0"}, count=cfg.batch_size)
+                    pipe.execute_command(*self._read_args(stream, "0", PROBE_COUNT), **node)
                     asked.append("own")
-                else:
-                    if self._claim_due(stream):
-                        pipe.xautoclaim(stream, GROUP, cfg.consumer, cfg.claim_idle_ms, "0-0",
-                                        count=cfg.batch_size)
-                        asked.append("claim")
-                    pipe.xreadgroup(GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size)
-                    asked.append("new")
+                elif self._claim_due(stream):
+                    pipe.xautoclaim(stream, GROUP, cfg.consumer, cfg.claim_idle_ms, "0-0",
+                                    count=PROBE_COUNT)
+                    asked.append("claim")
+                pipe.execute_command(*self._read_args(stream, ">", PROBE_COUNT), **node)
+                asked.append("new")
                 plans.append((number, stream, asked))
             replies = iter(await pipe.execute(raise_on_error=False))
-        found: list[tuple[int, list[Any]]] = []
-        error: BaseException | None = None
+        found: list[int] = []
+        failed: list[tuple[int, Exception]] = []
         for number, stream, asked in plans:
-            entries: list[Any] = []
+            entries = 0
+            error: Exception | None = None
             for what in asked:
                 reply = next(replies)
                 if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
@@ -278,29 +288,42 @@ class Writer:
                 elif isinstance(reply, ResponseError) and "BUSYGROUP" in str(reply):
                     self._groups.add(stream)
                 elif isinstance(reply, Exception):
-                    error = error or reply
+                    # XGROUP CREATE is refused when Redis is out of memory,
+                    # while reads and XACK (which free it) still work.
+                    error = error if what == "group" or error is not None else reply
                 elif what == "group":
                     self._groups.add(stream)
                 elif what == "claim":
-                    claimed = list(reply[1])
-                    if claimed:  # a dead writer's backlog: take the rest of it next pass
+                    entries += len(reply[1])
+                    if reply[1]:  # a dead writer's backlog: the drain takes more of it
                         self._last_claim.pop(stream, None)
-                    entries += claimed
                 else:
-                    entries += _entries_of(reply)
-            if entries:
+                    self._groups.add(stream)  # a read answered: the group exists
+                    entries += len(_entries_of(reply))
+            if error is not None:
+                failed.append((number, error))
+                self._visits.read(number, found=False)
+            elif entries:
                 self._retry_own.add(stream)  # pending to us now, until settled
                 self._visits.had_events(number)
-                found.append((number, entries))
-            elif "own" in asked:
-                self._retry_own.discard(stream)  # nothing left to retry: new ones next pass
+                self._visits.read(number, found=True)
+                found.append(number)
             else:
+                self._retry_own.discard(stream)
                 self._visits.read(number, found=False)
-        for number, _ in found:
-            self._visits.read(number, found=True)
-        if error is not None:
-            raise error  # what was read stays pending to us, read again next pass
+        if failed:
+            if len(failed) == len(plans):
+                raise failed[0][1]  # nothing answered: the writer pauses and logs it
+            log.warning("writer skipped %d of %d books this pass; book %d: %s",
+                        len(failed), len(plans), failed[0][0], failed[0][1])
         return found
+
+    def _node_of(self, stream: str) -> dict[str, Any]:
+        """On a cluster, the node a stream lives on: redis-py otherwise asks a
+        node where XREADGROUP's key is (COMMAND GETKEYS), a round trip each."""
+        if not isinstance(self.redis, RedisCluster):
+            return {}
+        return {"target_nodes": self.redis.get_node_from_key(stream)}
 
     async def _sweep(self, number: int) -> int:
         recorded, more, next_end_in_ms = await self._sweep_locks(self.keys.book(number))
@@ -362,14 +385,13 @@ class Writer:
         paused = self._paused.get(stream)
         return paused is not None and time.monotonic() < paused[0]
 
-    async def _drain_unless_paused(self, stream: str, first: list[Any] | None = None) -> int:
-        """Drains a stream (`first`: its entries already read), pausing it
-        when Postgres refuses it for now."""
+    async def _drain_unless_paused(self, stream: str) -> int:
+        """Drains a stream, pausing it when Postgres refuses it for now."""
         if self._is_paused(stream):
             return 0
         paused = self._paused.get(stream)
         try:
-            applied = await self._drain_stream(stream, first)
+            applied = await self._drain_stream(stream)
         except PostgresNotNow as exc:
             pause = self.config.not_now_pause_s if paused is None \
                 else min(paused[1] * 2, self.config.not_now_pause_max_s)
@@ -379,10 +401,10 @@ class Writer:
         self._paused.pop(stream, None)
         return applied
 
-    async def _drain_stream(self, stream: str, first: list[Any] | None = None) -> int:
+    async def _drain_stream(self, stream: str) -> int:
         await self._ensure_group(stream)
         try:
-            return await self._drain_group(stream, first)
+            return await self._drain_group(stream)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -391,7 +413,7 @@ class Writer:
             self._groups.discard(stream)
             return 0
 
-    async def _drain_group(self, stream: str, first: list[Any] | None = None) -> int:
+    async def _drain_group(self, stream: str) -> int:
         """Applies the next batch of a stream; while its backlog is deep, keeps
         up to `parallel_batches` batches in flight, each in its own transaction
         on its own connection, reading the next batch as soon as one is
@@ -400,8 +422,7 @@ class Writer:
         stream, then moves on to the next book. Batch order does not matter:
         every statement is idempotent and a code only moves to a higher
         version."""
-        if first is None:
-            first = await self._next_entries(stream)
+        first, more_of_ours = await self._next_entries(stream)
         if not first:
             return 0
         self._retry_own.add(stream)  # until every batch is settled
@@ -417,7 +438,7 @@ class Writer:
             batches.cancel_all()  # none left, unless cancelled (or a bug) mid-pass
         if batches.failure is not None:
             raise batches.failure  # only now that no batch is still running
-        if batches.settled:
+        if batches.settled and not more_of_ours:
             self._retry_own.discard(stream)
         return batches.applied
 
@@ -439,31 +460,40 @@ class Writer:
                 return
             batches.start(self._settle(stream, entries), len(entries))
 
-    async def _next_entries(self, stream: str) -> list[Any]:
-        """Our own unacknowledged entries after a failed attempt, else entries a
-        dead writer left (XAUTOCLAIM), else new ones."""
+    async def _next_entries(self, stream: str) -> tuple[list[Any], bool]:
+        """A batch: our own unacknowledged entries (after a failed attempt, or
+        read by the probe), then a dead writer's (XAUTOCLAIM, now and then),
+        then new ones, up to batch_size. Also says whether ours filled it:
+        more of ours may then be left for the next pass."""
         cfg = self.config
         entries: list[Any] = []
         if stream in self._retry_own:
-            entries = _entries_of(await self.redis.xreadgroup(
-                GROUP, cfg.consumer, {stream: "0"}, count=cfg.batch_size))
-            if not entries:
-                self._retry_own.discard(stream)
-        if not entries and self._claim_due(stream):
-            claimed = await self.redis.xautoclaim(stream, GROUP, cfg.consumer,
-                                                  cfg.claim_idle_ms, "0-0", count=cfg.batch_size)
-            entries = list(claimed[1])
-            if entries:  # a dead writer's backlog: take the rest of it next pass
+            entries = await self._read(stream, "0", cfg.batch_size)
+        more_of_ours = len(entries) >= cfg.batch_size
+        if not more_of_ours and self._claim_due(stream):
+            claimed = await self.redis.xautoclaim(stream, GROUP, cfg.consumer, cfg.claim_idle_ms,
+                                                  "0-0", count=cfg.batch_size - len(entries))
+            if claimed[1]:  # a dead writer's backlog: take the rest of it next pass
                 self._last_claim.pop(stream, None)
-        if not entries:
-            entries = await self._read_new(stream)
-        return entries
+            # XAUTOCLAIM takes idle entries of ours too: keep one of each.
+            ours = {entry[0] for entry in entries}
+            entries += [entry for entry in claimed[1] if entry[0] not in ours]
+        if len(entries) < cfg.batch_size:
+            entries += await self._read_new(stream, cfg.batch_size - len(entries))
+        return entries, more_of_ours
 
-    async def _read_new(self, stream: str) -> list[Any]:
-        """The next batch no consumer of the group has been given yet."""
-        cfg = self.config
-        return _entries_of(await self.redis.xreadgroup(
-            GROUP, cfg.consumer, {stream: ">"}, count=cfg.batch_size))
+    async def _read_new(self, stream: str, count: int | None = None) -> list[Any]:
+        """The next batch (or `count` entries) no consumer of the group has been given yet."""
+        return await self._read(stream, ">", count or self.config.batch_size)
+
+    async def _read(self, stream: str, start: str, count: int) -> list[Any]:
+        """XREADGROUP of one stream: ">" new entries, "0" our own unacknowledged."""
+        return _entries_of(await cast(Any, self.redis).execute_command(
+            *self._read_args(stream, start, count), **self._node_of(stream)))
+
+    def _read_args(self, stream: str, start: str, count: int) -> tuple[Any, ...]:
+        return ("XREADGROUP", "GROUP", GROUP, self.config.consumer, "COUNT", count,
+                "STREAMS", stream, start)
 
     def _claim_due(self, stream: str) -> bool:
         """Whether to look for a dead writer's entries now: an entry is only
@@ -594,8 +624,11 @@ def _entries_of(reply: Any) -> list[Any]:
     """The entries of a one-stream XREADGROUP reply (RESP2 list or RESP3 map)."""
     if not reply:
         return []
-    if isinstance(reply, dict):
-        return list(next(iter(reply.values())))
+    if isinstance(reply, dict):  # RESP3: {stream: [entries]}, as redis-py 8 parses it
+        entries = next(iter(reply.values()))
+        if entries and isinstance(entries[0], list):
+            entries = entries[0]
+        return list(entries)
     return list(reply[0][1])
 
 

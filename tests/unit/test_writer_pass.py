@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from couponsvc.keys import Keys
-from couponsvc.writer import Writer, WriterConfig
+from couponsvc.writer import Writer, WriterConfig, _entries_of
 
 pytestmark = pytest.mark.unit
 STREAM = "cb:{book:1}:events"
@@ -37,10 +37,10 @@ class ScriptedWriter(Writer):
         self.finished: list[int] = []
         self.cancelled = 0
 
-    async def _next_entries(self, stream: str) -> list[Any]:
-        return await self._read_new(stream)
+    async def _next_entries(self, stream: str) -> tuple[list[Any], bool]:
+        return await self._read_new(stream), False
 
-    async def _read_new(self, stream: str) -> list[Any]:
+    async def _read_new(self, stream: str, count: int | None = None) -> list[Any]:
         if not self.reads:
             return []
         size = self.reads.pop(0)
@@ -112,3 +112,12 @@ async def test_cancelling_a_pass_stops_every_batch_in_flight() -> None:
     assert writer.cancelled == 2 and writer.running == 0
     assert writer.finished == []
     assert STREAM in writer._retry_own
+
+
+@pytest.mark.parametrize("reply", [
+    [["s", [("1-0", {"a": "b"}), ("1-1", {"c": "d"})]]],  # RESP2
+    {"s": [("1-0", {"a": "b"}), ("1-1", {"c": "d"})]},  # RESP3, as redis-py 5-7 parse it
+    {"s": [[("1-0", {"a": "b"}), ("1-1", {"c": "d"})]]},  # RESP3, as redis-py 8 parses it
+])
+def test_entries_are_read_from_every_reply_shape(reply: Any) -> None:
+    assert _entries_of(reply) == [("1-0", {"a": "b"}), ("1-1", {"c": "d"})]
