@@ -83,7 +83,9 @@ class _StreamLag:
     def _oldest_unacked_ms(self) -> int | None:
         group = next(g for g in self.redis.xinfo_groups(self.stream) if g["name"] == "writer")
         if group["pending"]:
-            return int(str(self.redis.xpending(self.stream, "writer")["min"]).split("-")[0])
+            oldest = self.redis.xpending(self.stream, "writer")["min"]
+            if oldest is not None:  # else acknowledged since XINFO: what is left is new
+                return int(str(oldest).split("-")[0])
         after = self.redis.xrange(self.stream, min=f"({group['last-delivered-id']}", count=1)
         return int(after[0][0].split("-")[0]) if after else None
 
