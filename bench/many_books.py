@@ -12,11 +12,11 @@ the API with the very books being measured. Local runs only.
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from phases import Bench, lag_summary, peak
+from service import Background
 
 IDLE_SECONDS = 3.0
 CREATORS = 16  # books created side by side
@@ -58,7 +58,7 @@ def _writer_cores_idle(bench: Bench) -> float:
     return meter.stop().get("writer", 0.0)
 
 
-class _StreamLag:
+class _StreamLag(Background):
     """Samples, every 100 ms in a thread, how old the main book's oldest event
     not yet acknowledged by the writer's group is (0 when there is none)."""
 
@@ -69,16 +69,6 @@ class _StreamLag:
         self.stream = bench.outbox.keys.book(int(number)).events
         self.interval = interval
         self.samples: list[dict[str, float]] = []
-
-    def __enter__(self) -> _StreamLag:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _oldest_unacked_ms(self) -> int | None:
         group = next(g for g in self.redis.xinfo_groups(self.stream) if g["name"] == "writer")

@@ -215,8 +215,26 @@ class Outbox:
         self.redis.close()
 
 
+class Background:
+    """Runs `_loop` in a thread of its own between `with` and its end; the
+    loop ends when `_stop` is set."""
+
+    def __enter__(self) -> Background:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class LagSampler:
+class LagSampler(Background):
     """Samples the writer's lag every `interval` seconds in a thread: the API's
     own gauge (GET /metrics) and, when we can reach Redis, the backlog."""
 
@@ -226,17 +244,14 @@ class LagSampler:
     samples: list[dict[str, float]] = field(default_factory=list)
 
     def __enter__(self) -> LagSampler:
-        self._stop = threading.Event()
         self._http = httpx.Client(base_url=self.api.url, timeout=5,
                                   headers={"Authorization": f"Bearer {self.api.token}"})
-        self._thread = threading.Thread(target=self._loop, daemon=True)
         self._t0 = time.monotonic()
-        self._thread.start()
+        super().__enter__()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__exit__()
         self._http.close()
 
     def _loop(self) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import redis
-from service import Api, Outbox
+from service import Api, Background, Outbox
 
 _GAUGE = re.compile(r"^couponsvc_outbox_oldest_unacked_seconds ([0-9.eE+-]+)$", re.M)
 
@@ -56,7 +55,7 @@ def rss_kib(pid: int) -> int:
 
 
 @dataclass
-class Watch:
+class Watch(Background):
     """Samples until stopped. `pids`: name -> the PID whose tree is measured.
     Times are time.monotonic(), so they line up with the load's own clock."""
 
@@ -71,14 +70,8 @@ class Watch:
 
     def __enter__(self) -> Watch:
         self.started = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        super().__enter__()
         return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _loop(self) -> None:
         outbox = Outbox(self.redis_url)  # a client of its own: this is another thread
