@@ -288,9 +288,10 @@ class Writer:
                 elif isinstance(reply, ResponseError) and "BUSYGROUP" in str(reply):
                     self._groups.add(stream)
                 elif isinstance(reply, Exception):
-                    # XGROUP CREATE is refused when Redis is out of memory,
-                    # while reads and XACK (which free it) still work.
-                    error = error if what == "group" or error is not None else reply
+                    # A refused XGROUP CREATE (Redis out of memory, while reads
+                    # and XACK, which free it, still work) shows in the reads.
+                    if what != "group" and error is None:
+                        error = reply
                 elif what == "group":
                     self._groups.add(stream)
                 elif what == "claim":
