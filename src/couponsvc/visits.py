@@ -14,11 +14,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+# A quiet book's next read waits this share of how long it has been quiet
+# (between `first_gap` and `max_gap`): the delay its first new event can meet
+# is a tenth of the silence before it, so a checkout pausing for a second is
+# picked up within 0.1 s, and only books quiet for 5 s wait the full 0.5 s.
+QUIET_SHARE = 0.1
+
 
 @dataclass
 class _Book:
     next_read: float = 0.0
-    read_gap: float = 0.0  # 0 while the book is busy; grows while it stays empty
+    quiet_since: float | None = None  # since its last read that found entries
     sweep_at: float | None = 0.0  # when its locks need a look; None: it has none
     trim_due: bool = True  # events were applied since its stream was last trimmed
 
@@ -28,9 +34,10 @@ class Visits:
     """A plan per book, kept in one writer's memory; a new writer starts by
     visiting, sweeping and trimming every book once.
 
-    `first_gap`/`max_gap`: an empty read puts the book's next read off by
-    `first_gap`, doubling up to `max_gap` (the longest a quiet book's first
-    new event waits). `sweep_every`: how soon a book that had events has its
+    `first_gap`/`max_gap`: an empty read puts the book's next read off by a
+    tenth of how long the book has been quiet (QUIET_SHARE), at least
+    `first_gap` and at most `max_gap` (the longest a quiet book's first new
+    event waits). `sweep_every`: how soon a book that had events has its
     locks looked at (a new lock comes with an event). `full_sweep_every`:
     every book is swept this often whatever this writer saw, for the locks
     whose events another writer applied.
@@ -64,13 +71,17 @@ class Visits:
 
     def read(self, number: int, found: bool) -> None:
         """After a read: a book that had entries is read again on the next
-        pass; an empty one a little later each time, up to `max_gap`."""
+        pass; an empty one later the longer it has been quiet, up to `max_gap`."""
         book = self._book(number)
+        now = self.clock()
         if found:
-            book.read_gap = 0.0
-        else:
-            book.read_gap = min(max(book.read_gap * 2, self.first_gap), self.max_gap)
-        book.next_read = self.clock() + book.read_gap
+            book.quiet_since = None
+            book.next_read = now
+            return
+        if book.quiet_since is None:
+            book.quiet_since = now
+        quiet_for = now - book.quiet_since
+        book.next_read = now + min(max(quiet_for * QUIET_SHARE, self.first_gap), self.max_gap)
 
     def had_events(self, number: int) -> None:
         """The book's stream had events to apply: one may be a new lock, and

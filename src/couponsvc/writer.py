@@ -103,9 +103,10 @@ class WriterConfig:
     # most a lock_expired event waits to be written, when nothing else in
     # its book records it sooner.
     lock_sweep_interval_s: float = 1.0
-    # A quiet book (its last read found nothing) is read again after
-    # idle_sleep_s, doubling up to this: the longest its first new event
-    # waits. Busy books are read on every pass.
+    # A quiet book (its last read found nothing) is read again after a tenth
+    # of how long it has been quiet (visits.QUIET_SHARE), at least idle_sleep_s
+    # and at most this: the longest its first new event waits. Busy books are
+    # read on every pass.
     quiet_read_max_s: float = 0.5
     # Every book's locks are swept this often whatever this writer saw: a
     # lock whose event another writer applied (and then died) is recorded

@@ -35,24 +35,30 @@ def test_a_new_book_is_read_swept_and_trimmed_at_once(visits: Visits) -> None:
     assert visits.trims_due([1, 2]) == [1, 2]
 
 
-def test_an_empty_book_is_read_ever_later_up_to_the_longest_gap(
+def test_an_empty_book_waits_a_tenth_of_its_silence_between_reads(
         visits: Visits, clock: Clock) -> None:
-    gaps = []
-    for _ in range(7):
-        visits.read(1, found=False)
-        start = clock.now
-        while not visits.reads_due([1]):
-            clock.now += 0.01
-        gaps.append(round(clock.now - start, 2))
-    assert gaps == [0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5]
+    reads = [clock.now]
+    visits.read(1, found=False)
+    while clock.now < 110.0:
+        clock.now = round(clock.now + 0.001, 3)
+        if visits.reads_due([1]):
+            reads.append(clock.now)
+            visits.read(1, found=False)
+    gaps = [round(b - a, 3) for a, b in zip(reads, reads[1:], strict=False)]
+    after_one_second = next(i for i, t in enumerate(reads) if t >= 101.0)
+    assert gaps[:3] == [0.02, 0.02, 0.02]  # at least first_gap
+    assert 0.1 <= gaps[after_one_second] <= 0.111  # quiet for 1 s: about 0.1 s
+    assert gaps[-3:] == [0.5, 0.5, 0.5]  # quiet for 5 s and more: the longest gap
+    assert all(b >= a for a, b in zip(gaps, gaps[1:], strict=False))
 
 
 def test_a_book_with_entries_is_read_on_every_pass_again(visits: Visits, clock: Clock) -> None:
-    for _ in range(5):
-        visits.read(1, found=False)
+    visits.read(1, found=False)
+    clock.now += 30.0  # quiet for 30 s: 0.5 s between reads
+    visits.read(1, found=False)
     visits.read(1, found=True)
     assert visits.reads_due([1]) == [1]
-    visits.read(1, found=False)  # the backoff starts over
+    visits.read(1, found=False)  # its silence starts over
     clock.now += 0.02
     assert visits.reads_due([1]) == [1]
 
@@ -118,8 +124,9 @@ def test_only_books_that_had_events_are_trimmed_again(visits: Visits) -> None:
 
 def test_a_book_dropped_from_the_list_starts_over_when_it_comes_back(
         visits: Visits, clock: Clock) -> None:
-    for _ in range(6):
-        visits.read(1, found=False)
+    visits.read(1, found=False)
+    clock.now += 30.0
+    visits.read(1, found=False)
     visits.trimmed(1)
     visits.forget_others([2])
     assert visits.reads_due([1]) == [1]
