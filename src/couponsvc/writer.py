@@ -375,8 +375,9 @@ class Writer:
             self._visit_all = False
 
     async def _pending_anywhere(self) -> bool:
-        for number in await self.redis.hvals(self.keys.books):
-            stream = self.keys.book(int(number)).events
+        # The books this pass read (drain() re-reads the list on every pass).
+        for number in self._numbers:
+            stream = self.keys.book(number).events
             if stream in self._groups and (await self.redis.xpending(stream, GROUP))["pending"]:
                 return True
         return False
