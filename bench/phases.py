@@ -26,7 +26,15 @@ class Sizes:
     latency_seconds: float = 10.0
     drain_seconds: float = 10.0
     threads: int = 2
-    connections: int = 64
+    # wrk's connections for the peaks. At 64 the hot paths were bound by round
+    # trips, not by CPU (the machine sat at ~1.55 of its 2 cores, the API at 0.7
+    # of one); at 256 each event-loop turn has more requests to pipeline, the
+    # machine is busy and /healthz is unchanged within the noise.
+    connections: int = 256
+    # The open-loop client's connections at fixed rates (more only past 200
+    # requests/s each). Many more cost one uvicorn worker a lot: 5x more
+    # measured a 5-10x worse p99 at the same rate.
+    latency_connections: int = 64
     # Flat cost and workers (scaling.py): wrk runs of this length, compared in pairs.
     compare_seconds: float = 3.0
     small_book_codes: int = 10_000
@@ -248,12 +256,9 @@ def fixed_rate(bench: Bench, mode: str, rate: float, *, pairs: list[tuple[str, s
     meter = bench.meter()
     if meter:
         meter.start()
-    # As many connections as wrk used for the peak, so the server's work per
-    # request is the same; more only past 200 requests/s per connection. (On one
-    # uvicorn worker, 5x more connections measured a 5-10x worse p99 at the same
-    # rate.) A request that finds every connection busy waits in the client, and
-    # that wait counts in its latency, as it would in the server's accept queue.
-    connections = max(bench.sizes.connections, math.ceil(rate / 200))
+    # A request that finds every connection busy waits in the client, and that
+    # wait counts in its latency, as it would in the server's accept queue.
+    connections = max(bench.sizes.latency_connections, math.ceil(rate / 200))
     out = open_loop(bench.api.url, requests, rate, seconds, connections=connections)
     if meter:
         out["cpu_cores"] = meter.stop()

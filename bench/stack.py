@@ -104,9 +104,13 @@ class Stack:
                                      "-A", "trust", "-E", "UTF8"]),
                        check=True, capture_output=True)
         port = free_port()
+        # shared_buffers: Postgres's default 128 MB is smaller than the tables
+        # and indexes the bench writes; the writer's upserts then spent about a
+        # third of Postgres's CPU evicting pages and reading them back (perf).
         self._spawn("postgres", _as_postgres([
             pg_bin("postgres"), "-D", str(self.pg_data), "-p", str(port), "-k", str(pg_root),
-            "-c", "listen_addresses=127.0.0.1", "-c", "max_wal_size=4GB"]),
+            "-c", "listen_addresses=127.0.0.1", "-c", "max_wal_size=4GB",
+            "-c", "shared_buffers=2GB"]),
             log=pg_root / "postgres.log")
 
         def ready() -> bool:

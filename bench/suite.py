@@ -91,7 +91,8 @@ def _versions(stack: Stack | None, outbox: Outbox | None) -> tuple[str, str]:
     async def pg() -> str:
         conn = await asyncpg.connect(stack.database_url)
         try:
-            return str(await conn.fetchval("SHOW server_version"))
+            version = await conn.fetchval("SHOW server_version")
+            return f"{version} (shared_buffers {await conn.fetchval('SHOW shared_buffers')})"
         finally:
             await conn.close()
 

@@ -51,8 +51,10 @@ if [ -z "${COUPONSVC_DATABASE_URL:-}" ]; then
     [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$run_dir/pg"
     "${as_pg[@]}" "$pg_bin/initdb" -D "$run_dir/pg/data" -U postgres -A trust -E UTF8 >/dev/null
   fi
+  # shared_buffers: Postgres's default 128 MB is less than the rows and indexes
+  # of a few million codes (docs/deployment.md, "Data stores").
   "${as_pg[@]}" "$pg_bin/postgres" -D "$run_dir/pg/data" -p "$pg_port" -k "$run_dir/pg" \
-    -c listen_addresses=127.0.0.1 >>"$run_dir/pg/postgres.log" 2>&1 &
+    -c listen_addresses=127.0.0.1 -c shared_buffers=1GB >>"$run_dir/pg/postgres.log" 2>&1 &
   started+=($!)
   for _ in $(seq 100); do
     "$pg_bin/pg_isready" -h 127.0.0.1 -p "$pg_port" -q && break; sleep 0.1
