@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import TypedDict, cast
 
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -39,6 +39,9 @@ log = logging.getLogger("couponsvc")
 CHECKOUT_OPERATIONS = ("assignRandomCoupon", "lockCoupon", "redeemCoupon",
                        "assignSpecificCoupon", "unlockCoupon", "getUserCoupons")
 
+# redis-py's default pool size; the hot path pipelines, so it needs few.
+REDIS_MAX_CONNECTIONS = 100
+
 # How long a bulk load waits for Redis to answer before giving up (503).
 BULK_TIMEOUT_SECONDS = 30.0
 
@@ -60,13 +63,18 @@ def connect_redis(settings: Settings) -> Redis:
         )
         return cast(Redis, cluster)
     # Short timeouts: a Redis outage answers 503 quickly instead of hanging.
-    return Redis.from_url(
+    # A blocking pool: with all its connections busy, a call waits for one (up
+    # to the same timeout) instead of failing at once with "Too many
+    # connections", which turned a burst of 256 clients into 503s.
+    return Redis.from_pool(BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=settings.redis_timeout_seconds,
         decode_responses=True,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         health_check_interval=30,
-    )
+    ))
 
 
 async def warn_unless_noeviction(redis: Redis) -> None:

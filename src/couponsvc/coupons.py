@@ -178,8 +178,7 @@ class Coupons:
         if book_id is not None:
             numbers = [(await self.store.book(book_id)).number]
         else:
-            members = await self.store.redis.smembers(self.store.keys.user_books(user_id))
-            numbers = sorted(int(m) for m in members)
+            numbers = await self.store.user_book_numbers(user_id)
         found: list[tuple[int, Coupon]] = []
         # One more than a page tells whether a next page exists.
         for number in (n for n in numbers if n >= start_number):

@@ -118,6 +118,13 @@ class Store:
         _remember(self._number_by_code, code, number)
         return Slot(number, self.keys.book(number))
 
+    async def user_book_numbers(self, user_id: str) -> list[int]:
+        """The numbers of the books where a user holds codes, ascending.
+        Pipelined like the look-ups: a burst of listings must not take a
+        pooled connection each."""
+        members = await self.scripts.coalescer.execute("SMEMBERS", self.keys.user_books(user_id))
+        return sorted(int(m) for m in members)
+
     def run(self, name: str, keys: Sequence[str],
             args: Sequence[Any] = ()) -> Awaitable[ScriptReply]:
         return self.scripts.run(name, keys, args)

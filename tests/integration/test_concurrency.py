@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from .api_client import Api
 from .names import new_user
 from .redis_state import book_keys, events
+from .tokens import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -236,3 +237,27 @@ async def test_uploads_racing_to_put_the_same_codes_in_different_books(
             assert code not in holder, f"{code} is free in two books"
             holder[code] = book["id"]
     assert sorted(holder) == sorted(shared)
+
+
+BURST = 300  # well past the API's Redis pool (app.REDIS_MAX_CONNECTIONS, 100)
+
+
+async def test_a_burst_of_listings_past_the_redis_pool_all_answer(api: Api) -> None:
+    """Every listing in flight at once gets its codes: none fails for want of
+    a Redis connection (they used to: 503 "Too many connections")."""
+    users = [new_user() for _ in range(3)]
+    held: dict[str, str] = {}
+    book, codes = await api.book_with_codes(len(users))
+    for code, user in zip(codes, users, strict=True):
+        assert (await api.assign_code(code, user)).status_code == 200
+        held[user] = code
+    limits = httpx.Limits(max_connections=BURST, max_keepalive_connections=BURST)
+    async with httpx.AsyncClient(base_url=str(api.client.base_url), limits=limits,
+                                 timeout=30.0, headers=bearer(api.server.writer)) as burst:
+        asked = [users[i % len(users)] for i in range(BURST)]
+        responses = await race([burst.get(f"/users/{user}/coupons") for user in asked])
+
+    assert outcomes(responses) == {(200, ""): BURST}
+    for user, response in zip(asked, responses, strict=True):
+        assert [(c["code"], c["couponBookId"]) for c in response.json()] \
+            == [(held[user], book["id"])]
