@@ -31,10 +31,14 @@ class Sizes:
     # of one); at 256 each event-loop turn has more requests to pipeline, the
     # machine is busy and /healthz is unchanged within the noise.
     connections: int = 256
-    # The open-loop client's connections at fixed rates (more only past 200
-    # requests/s each). Many more cost one uvicorn worker a lot: 5x more
-    # measured a 5-10x worse p99 at the same rate.
+    # The open-loop client's connections at fixed rates: at least this many,
+    # and one per 100 requests/s (latency_rate_per_connection). A connection
+    # carries one request at a time, so at 7 ms a request it carries at most
+    # ~140/s: at 80% of a 13k/s peak, 64 connections left requests queueing in
+    # the client (p99 494 ms) where 128 gave 18 ms. Many more cost one uvicorn
+    # worker a lot: 5x more measured a 5-10x worse p99 at the same rate.
     latency_connections: int = 64
+    latency_rate_per_connection: float = 100.0
     # Flat cost and workers (scaling.py): wrk runs of this length, compared in pairs.
     compare_seconds: float = 3.0
     small_book_codes: int = 10_000
@@ -258,7 +262,8 @@ def fixed_rate(bench: Bench, mode: str, rate: float, *, pairs: list[tuple[str, s
         meter.start()
     # A request that finds every connection busy waits in the client, and that
     # wait counts in its latency, as it would in the server's accept queue.
-    connections = max(bench.sizes.latency_connections, math.ceil(rate / 200))
+    connections = max(bench.sizes.latency_connections,
+                      math.ceil(rate / bench.sizes.latency_rate_per_connection))
     out = open_loop(bench.api.url, requests, rate, seconds, connections=connections)
     if meter:
         out["cpu_cores"] = meter.stop()
