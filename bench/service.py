@@ -3,6 +3,7 @@ Redis directly, to read the outbox's consumer-group state."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import threading
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
 import redis as redis_sync
 
@@ -104,6 +106,22 @@ class Api:
     def outbox_gauges(self) -> dict[str, float]:
         text = self.http.get("/metrics").text
         return {name: float(value) for name, value in _GAUGE.findall(text)}
+
+
+def vacuum_codes(database_url: str) -> float:
+    """VACUUM (ANALYZE) of `codes` after a large load, as an operator would
+    (docs/deployment.md); the seconds it took. Otherwise autovacuum does it
+    in the next minutes, in whichever phase is running then."""
+    async def vacuum() -> float:
+        conn = await asyncpg.connect(database_url)
+        try:
+            started = time.monotonic()
+            await conn.execute("VACUUM (ANALYZE) codes")
+            return round(time.monotonic() - started, 1)
+        finally:
+            await conn.close()
+
+    return asyncio.run(vacuum())
 
 
 def rewrite_aof(redis: redis_sync.Redis) -> None:

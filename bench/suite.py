@@ -19,7 +19,7 @@ import report
 import scaling
 from machine import describe
 from phases import QUIET_BUDGET, Bench, Sizes, drain, fixed_rate, hey_check, peak
-from service import Api, Outbox, failure_recorded, rewrite_aof
+from service import Api, Outbox, failure_recorded, rewrite_aof, vacuum_codes
 from stack import Stack
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -166,6 +166,7 @@ def _load(bench: Bench) -> None:
         r["bulk"], r["memory"] = bulk.load(bench)
         assert bench.outbox is not None
         rewrite_aof(bench.outbox.redis)
+        r["bulk"]["vacuum_s"] = vacuum_codes(bench.stack.database_url)
         return
     bench.book = bench.api.create_book(f"{bench.tag}main")["id"]
     bench.api.generate(bench.book, 100_000)
