@@ -34,8 +34,11 @@ INSERT_EVENTS = (
     "INSERT INTO events (book_id, stream_id, type, code, user_id, at, version, detail)"
     f" SELECT b, s, t, c, u, {_at('a')}, v, d FROM json_to_recordset($1::json)"
     " AS e(b uuid, s text, t text, c text, u text, a bigint, v int, d jsonb)"
-    " ON CONFLICT DO NOTHING"
 )
+# For a batch that holds events already in: one applied before its XACK
+# reached Redis. Only then: ON CONFLICT's check before each row cost Postgres
+# about 1.5 us an event of the plain insert's 10.7-13.
+INSERT_EVENTS_SKIPPING_KNOWN = INSERT_EVENTS + " ON CONFLICT DO NOTHING"
 # A batch holds one event per code (the latest), so no row is updated twice.
 # Rows go in code order: batches applied side by side (the writer's parallel
 # batches, two writers) then lock the rows they share in the same order, and
@@ -164,12 +167,24 @@ async def apply_events(conn: asyncpg.Connection, events: Sequence[Event]) -> Non
             seen = latest.get(event.fields["code"])
             if seen is None or seen.version < event.version:
                 latest[event.fields["code"]] = event
+    event_rows = _json([e.event_row() for e in events])
+    code_rows = _json([e.code_row() for e in latest.values()]) if latest else None
+    try:
+        await _apply(conn, INSERT_EVENTS, event_rows, code_rows)
+    except asyncpg.UniqueViolationError:
+        # Some of these events are in already (a writer stopped between
+        # commit and XACK, or another writer claimed the batch meanwhile).
+        await _apply(conn, INSERT_EVENTS_SKIPPING_KNOWN, event_rows, code_rows)
+
+
+async def _apply(conn: asyncpg.Connection, insert_events: str, event_rows: str,
+                 code_rows: str | None) -> None:
     async with conn.transaction():
         # The writer acknowledges a batch once this commits.
         await conn.execute(SYNCHRONOUS_COMMIT)
-        await conn.execute(INSERT_EVENTS, _json([e.event_row() for e in events]))
-        if latest:
-            await conn.execute(UPSERT_CODES, _json([e.code_row() for e in latest.values()]))
+        await conn.execute(insert_events, event_rows)
+        if code_rows is not None:
+            await conn.execute(UPSERT_CODES, code_rows)
 
 
 def _json(rows: list[dict[str, Any]]) -> str:
