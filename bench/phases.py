@@ -31,15 +31,16 @@ class Sizes:
     threads: int = 2
     # wrk's connections for the peaks. At 64 the hot paths were bound by round
     # trips, not by CPU (the machine sat at ~1.55 of its 2 cores, the API at 0.7
-    # of one); at 256 each event-loop turn has more requests to pipeline, the
-    # machine is busy and /healthz is unchanged within the noise.
+    # of one); at 256 each event-loop turn has more requests to pipeline and
+    # the machine is busy, while /healthz does 3-5% less.
     connections: int = 256
     # The open-loop client's connections at fixed rates: at least this many,
     # and one per 100 requests/s (latency_rate_per_connection). A connection
     # carries one request at a time, so at 7 ms a request it carries at most
     # ~140/s: at 80% of a 13k/s peak, 64 connections left requests queueing in
-    # the client (p99 494 ms) where 128 gave 18 ms. Many more cost one uvicorn
-    # worker a lot: 5x more measured a 5-10x worse p99 at the same rate.
+    # the client (p99 494 ms), where 128 gave 18 ms in a trial (this rule gives
+    # about 100 there). Many more cost one uvicorn worker a lot: 5x more
+    # measured a 5-10x worse p99 at the same rate.
     latency_connections: int = 64
     latency_rate_per_connection: float = 100.0
     # Flat cost and workers (scaling.py): wrk runs of this length, compared in pairs.

@@ -39,7 +39,9 @@ log = logging.getLogger("couponsvc")
 CHECKOUT_OPERATIONS = ("assignRandomCoupon", "lockCoupon", "redeemCoupon",
                        "assignSpecificCoupon", "unlockCoupon", "getUserCoupons")
 
-# redis-py's default pool size; the hot path pipelines, so it needs few.
+# redis-py's default pool size. The hot path pipelines on connections of its
+# own (resp.py); this pool serves the rest: the abuse limits' counters (one
+# or two calls an assign when they are on), script reloads, admin calls, /metrics.
 REDIS_MAX_CONNECTIONS = 100
 
 # How long a bulk load waits for Redis to answer before giving up (503).
@@ -62,10 +64,11 @@ def connect_redis(settings: Settings) -> Redis:
             socket_connect_timeout=settings.redis_timeout_seconds,
         )
         return cast(Redis, cluster)
-    # Short timeouts: a Redis outage answers 503 quickly instead of hanging.
-    # A blocking pool: with all its connections busy, a call waits for one (up
-    # to the same timeout) instead of failing at once with "Too many
-    # connections", which turned a burst of 256 clients into 503s.
+    # Short timeouts: a Redis outage answers 503 within seconds instead of
+    # hanging. A blocking pool: with all its connections busy, a call waits for
+    # one (up to the same timeout, so a stalled Redis can take twice that to
+    # answer 503) instead of failing at once with "Too many connections",
+    # which turned a burst of 256 clients into 503s.
     return Redis.from_pool(BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=REDIS_MAX_CONNECTIONS,

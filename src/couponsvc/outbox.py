@@ -7,6 +7,7 @@ version: the highest version wins, whatever order events arrive in.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ import asyncpg
 import msgspec
 
 from couponsvc.db import SYNCHRONOUS_COMMIT
+
+log = logging.getLogger("couponsvc")
 
 GROUP = "writer"
 CODE_EVENTS = frozenset({"assigned", "locked", "unlocked", "lock_expired", "redeemed"})
@@ -172,19 +175,25 @@ async def apply_events(conn: asyncpg.Connection, events: Sequence[Event]) -> Non
     try:
         await _apply(conn, INSERT_EVENTS, event_rows, code_rows)
     except asyncpg.UniqueViolationError:
-        # Some of these events are in already (a writer stopped between
-        # commit and XACK, or another writer claimed the batch meanwhile).
-        await _apply(conn, INSERT_EVENTS_SKIPPING_KNOWN, event_rows, code_rows)
+        # Some of these events are in already: a writer stopped between commit
+        # and XACK, another writer claimed the batch (XAUTOCLAIM) while a slow
+        # one applied it, or an operator replayed the stream. Postgres logs the
+        # refused insert as an ERROR; this says what became of it.
+        inserted = await _apply(conn, INSERT_EVENTS_SKIPPING_KNOWN, event_rows, code_rows)
+        log.info("batch of %d events from %s applied again: %d were in already",
+                 len(events), events[0].stream, len(events) - inserted)
 
 
 async def _apply(conn: asyncpg.Connection, insert_events: str, event_rows: str,
-                 code_rows: str | None) -> None:
+                 code_rows: str | None) -> int:
+    """One transaction; returns how many event rows went in."""
     async with conn.transaction():
         # The writer acknowledges a batch once this commits.
         await conn.execute(SYNCHRONOUS_COMMIT)
-        await conn.execute(insert_events, event_rows)
+        status = await conn.execute(insert_events, event_rows)  # "INSERT 0 N"
         if code_rows is not None:
             await conn.execute(UPSERT_CODES, code_rows)
+    return int(status.rsplit(" ", 1)[1])
 
 
 def _json(rows: list[dict[str, Any]]) -> str:

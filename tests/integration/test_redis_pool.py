@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
 
 from couponsvc.app import REDIS_MAX_CONNECTIONS, connect_redis
 from couponsvc.settings import Settings
@@ -44,14 +46,18 @@ async def test_calls_past_the_pool_wait_for_a_connection(single_redis: RedisServ
 
 async def test_a_call_that_waits_too_long_for_a_connection_is_a_connection_error(
         single_redis: RedisServer) -> None:
-    """The wait is bounded by the Redis timeout, and ends as a connection error
-    (which the API answers with 503), not a hang."""
+    """The wait lasts the Redis timeout, no less (the pool waited) and not
+    much more (no hang), and ends as a connection error (the API's 503)."""
     redis = connect_redis(Settings(redis_url=single_redis.url, redis_timeout_seconds=0.2))
     pool = redis.connection_pool
     try:
         held = [await pool.get_connection() for _ in range(REDIS_MAX_CONNECTIONS)]
-        with pytest.raises(RedisConnectionError):
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError) as refused:
             await redis.ping()
+        waited = time.monotonic() - started
+        assert not isinstance(refused.value, MaxConnectionsError)
+        assert 0.2 <= waited < 1.0
         for connection in held:
             await pool.release(connection)
         assert await redis.ping() is True

@@ -5,6 +5,7 @@ SIGTERM stops a writer cleanly."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import uuid
 
@@ -66,7 +67,7 @@ async def test_redelivered_events_change_nothing(
     assert await unacknowledged(redis, stream) == 0
     assert await snapshot(conn) == before
     assert await differences(redis, conn, book["id"]) == []
-    # Applied again as a batch, not given up on one by one as failures.
+    # Applied again, not given up on as failures.
     assert await conn.fetchval("SELECT count(*) FROM parked_events WHERE stream = $1",
                                stream) == 0
 
@@ -91,6 +92,33 @@ async def test_events_applied_out_of_order_keep_the_latest_state(
     assert dict(row) == {"owner": f"user-{codes[0]}", "times_redeemed": 1, "version": 3}
     assert await differences(redis, conn, book["id"]) == []
     assert sum((await event_types(conn, book["id"])).values()) == len(entries)
+
+
+async def test_a_batch_partly_applied_before_goes_in_whole(
+        pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A redelivered batch that holds events already in and new ones: the new
+    events and their codes' states go in, the known ones are skipped."""
+    book = str(uuid.uuid4())
+    codes = [f"MIX-{book[:8]}-{n:02d}" for n in range(10)]
+    events = [Event("s", f"{n + 1}-0", {
+        "type": "assigned", "book": book, "code": code, "user": f"u{n}", "at": "1",
+        "v": "1", "assignedAt": "1", "times": "0", "last": "0"})
+        for n, code in enumerate(codes)]
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await apply_events(conn, events[:4])
+        with caplog.at_level(logging.INFO, logger="couponsvc"):
+            await apply_events(conn, events)
+        stored = await conn.fetch("SELECT stream_id FROM events WHERE book_id = $1::uuid", book)
+        owners = await conn.fetch("SELECT code, owner, version FROM codes WHERE book_id = $1::uuid",
+                                  book)
+    finally:
+        await conn.close()
+
+    assert sorted(r["stream_id"] for r in stored) == sorted(e.id for e in events)
+    assert {r["code"]: (r["owner"], r["version"]) for r in owners} \
+        == {code: (f"u{n}", 1) for n, code in enumerate(codes)}
+    assert "batch of 10 events from s applied again: 4 were in already" in caplog.text
 
 
 async def test_a_deep_backlog_is_applied_several_batches_at_a_time(
