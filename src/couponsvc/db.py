@@ -18,6 +18,11 @@ MIGRATION_LOCK_ID = 0x636F7570
 SYNCHRONOUS_COMMIT = "SET LOCAL synchronous_commit = on"
 
 
+def rows_written(status: str) -> int:
+    """The row count of an INSERT's or UPDATE's command status ("INSERT 0 N")."""
+    return int(status.rsplit(" ", 1)[1])
+
+
 async def connect(database_url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
         database_url, min_size=min_size, max_size=max_size, command_timeout=30

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from couponsvc.db import SYNCHRONOUS_COMMIT
+from couponsvc.db import SYNCHRONOUS_COMMIT, rows_written
 
 log = logging.getLogger("couponsvc")
 
@@ -193,7 +193,7 @@ async def _apply(conn: asyncpg.Connection, insert_events: str, event_rows: str,
         status = await conn.execute(insert_events, event_rows)  # "INSERT 0 N"
         if code_rows is not None:
             await conn.execute(UPSERT_CODES, code_rows)
-    return int(status.rsplit(" ", 1)[1])
+    return rows_written(status)
 
 
 def _json(rows: list[dict[str, Any]]) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from couponsvc.db import SYNCHRONOUS_COMMIT
+from couponsvc.db import SYNCHRONOUS_COMMIT, rows_written
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +117,7 @@ class Records:
             else:
                 # The count alone ("INSERT 0 N"): sending a million codes back
                 # costs seconds, and usually every code is new.
-                inserted = int((await conn.execute(insert, book_id)).rsplit(" ", 1)[1])
+                inserted = rows_written(await conn.execute(insert, book_id))
             existing: list[Any] = []
             if inserted < len(codes):
                 existing = await conn.fetch(
