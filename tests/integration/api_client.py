@@ -17,9 +17,10 @@ from .servers import ApiServer
 from .tokens import bearer
 
 
-def http_client(base_url: str, timeout: float = 30.0) -> httpx.AsyncClient:
+def http_client(base_url: str, timeout: float = 30.0,
+                connections: int = 100) -> httpx.AsyncClient:
     # Enough connections for the concurrency tests' requests to be in flight at once.
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits)
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from .api_client import Api
+from .api_client import Api, http_client
 from .names import new_user
 from .redis_state import book_keys, events
 from .tokens import bearer
@@ -252,11 +252,11 @@ async def test_a_burst_of_listings_all_answer(api: Api) -> None:
     for code, user in zip(codes, users, strict=True):
         assert (await api.assign_code(code, user)).status_code == 200
         held[user] = code
-    limits = httpx.Limits(max_connections=BURST, max_keepalive_connections=BURST)
-    async with httpx.AsyncClient(base_url=str(api.client.base_url), limits=limits,
-                                 timeout=30.0, headers=bearer(api.server.writer)) as burst:
+    async with http_client(str(api.client.base_url), connections=BURST) as burst:
         asked = [users[i % len(users)] for i in range(BURST)]
-        responses = await race([burst.get(f"/users/{user}/coupons") for user in asked])
+        responses = await race([burst.get(f"/users/{user}/coupons",
+                                          headers=bearer(api.server.writer))
+                                for user in asked])
 
     assert outcomes(responses) == {(200, ""): BURST}
     for user, response in zip(asked, responses, strict=True):

@@ -366,9 +366,7 @@ async def test_a_burst_of_counted_assigns_past_the_redis_pool_all_answer(
     """Every assign of a burst is counted and served: none gets 503 for want
     of a pooled connection (under wrk at 256 connections, 57% did before the
     pool waited)."""
-    limits = httpx.Limits(max_connections=POOL_BURST, max_keepalive_connections=POOL_BURST)
-    async with httpx.AsyncClient(base_url=roomy_server.base_url, limits=limits,
-                                 timeout=30.0) as client:
+    async with http_client(roomy_server.base_url, connections=POOL_BURST) as client:
         api = Api(client, roomy_server)
         book, _ = await api.book_with_codes(POOL_BURST)
         # Redis answers no one for a while, so the burst's limit checks all
