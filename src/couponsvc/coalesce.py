@@ -101,14 +101,23 @@ Item = TypeVar("Item")
 
 # A batch larger than this is sent at once rather than waiting for the turn to end.
 MAX_BATCH = 256
+# Batches awaiting replies at once, at most. Each holds a pooled connection (a
+# cluster: one per node it touches), so while Redis stalls, one batch per
+# event-loop turn would soon take every connection; redis-py's cluster client
+# then fails at once (503) instead of waiting for one. Past the cap, commands
+# wait in the queue and leave together, in one batch, when a batch finishes:
+# at most about two Redis timeouts after they were queued.
+MAX_IN_FLIGHT = 32
 
 
 class Batcher(Generic[Item]):
     """Collects what callers queue during one event-loop turn and hands it to
-    `_send` as one batch (sooner when `max_batch` items are waiting)."""
+    `_send` as one batch (sooner when `max_batch` items are waiting; later
+    when `max_in_flight` batches are still awaiting replies)."""
 
-    def __init__(self, max_batch: int) -> None:
+    def __init__(self, max_batch: int, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._queue: list[tuple[Item, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -126,14 +135,19 @@ class Batcher(Generic[Item]):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if not self._queue:
-            return
+        if not self._queue or len(self._in_flight) >= self._max_in_flight:
+            return  # at the cap: `_finished` sends the queue
         batch, self._queue = self._queue, []
         if self._send_now(batch):
             return
         task = asyncio.create_task(self._send(batch))
         self._in_flight.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._queue and not self._flush_scheduled:
+            self._flush()
 
     def _send_now(self, batch: list[tuple[Item, asyncio.Future[Any]]]) -> bool:
         """Sends the batch without waiting for anything, if that is possible;

@@ -15,7 +15,14 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
-from couponsvc.coalesce import MAX_BATCH, Coalescer, CommandPipe, Replicas, ReplicationLagging
+from couponsvc.coalesce import (
+    MAX_BATCH,
+    MAX_IN_FLIGHT,
+    Coalescer,
+    CommandPipe,
+    Replicas,
+    ReplicationLagging,
+)
 from couponsvc.resp import RespPipeline
 from couponsvc.scripts import Scripts
 
@@ -134,6 +141,29 @@ async def test_a_paused_server_times_out_instead_of_hanging(
             await asyncio.wait_for(coalescer.execute("PING"), timeout=10)
     finally:
         server.resume()
+
+
+async def test_a_stall_longer_than_the_pool_fails_no_command(server: RedisServer) -> None:
+    """While Redis answers no one, each event-loop turn's commands would be a
+    batch of their own holding a connection: more turns than the pool has
+    connections must wait for a batch to finish, not fail for want of one
+    (redis-py's plain pool, like its cluster client's, fails at once)."""
+    pool_size = MAX_IN_FLIGHT + 8
+    turns = 3 * pool_size
+    redis = Redis.from_url(server.url, decode_responses=True, socket_timeout=5,
+                           max_connections=pool_size)
+    coalescer = Coalescer(redis)
+    try:
+        await redis.execute_command("CLIENT", "PAUSE", 500, "ALL")
+        replies = []
+        for _ in range(turns):
+            replies.append(coalescer.submit("INCR", "stalled"))
+            await asyncio.sleep(0)  # the next command is a batch of its own
+        outcomes = await asyncio.gather(*replies, return_exceptions=True)
+        assert [o for o in outcomes if not isinstance(o, int)] == []
+        assert sorted(outcomes) == list(range(1, turns + 1))
+    finally:
+        await redis.aclose()
 
 
 async def test_a_cancelled_caller_does_not_disturb_the_batch(pipe: CommandPipe) -> None:
