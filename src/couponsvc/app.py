@@ -132,7 +132,7 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
             if settings.database_url else None
         if pool is None:
             log.warning("no COUPONSVC_DATABASE_URL: running without a durable record")
-        guard = AbuseGuard(settings, redis) if settings.rate_limits else None
+        guard: AbuseGuard | None = None
         owned: list[RespPipeline] = []  # closed on the way out
         try:
             # The RESP client speaks to one node; a cluster uses redis-py pipelines,
@@ -148,6 +148,7 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
                                 replicas=replicas) if resp else None
             owned += [p for p in (pipe, bulk) if isinstance(p, RespPipeline)]
             scripts = Scripts(redis, pipe, bulk)
+            guard = AbuseGuard(settings, redis, scripts) if settings.rate_limits else None
             try:
                 await scripts.load()
             except RedisError as exc:

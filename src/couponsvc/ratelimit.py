@@ -1,8 +1,13 @@
 """Abuse limits: assigns, and failed code look-ups (guessing), per caller and address.
 
 Counting is the `limits` library's sliding-window counter in Redis (one
-script call per hit, cluster-safe: each counter's two keys share a hash tag),
-through redis-py. What is counted, and for whom:
+script call per hit, cluster-safe: each counter's two keys share a hash tag).
+A hit runs the library's own script under the library's own key names, but
+through the hot path's pipelined client (scripts.py, coalesce.py): called by
+the library, each hit was a redis-py round trip of its own, and with the
+limits on the API served about half the assigns per second. The library
+still reads a refused caller's window (`get_window_stats`), which is rare.
+What is counted, and for whom:
 
 - every assign (random or by code), and every 404 of a code look-up
   (assign by code, lock, unlock, redeem);
@@ -38,6 +43,7 @@ from redis.asyncio import Redis
 from couponsvc import errors
 from couponsvc.auth import Principal
 from couponsvc.keys import Keys
+from couponsvc.scripts import LIMITS_SLIDING_WINDOW_HIT, Scripts
 from couponsvc.settings import Settings
 
 # How many blocked callers one process remembers; the oldest are forgotten first
@@ -77,8 +83,9 @@ def storage_uri(settings: Settings) -> str:
 class AbuseGuard:
     """Answers 429 (errors.TooManyRequests) to callers over a limit."""
 
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings, redis: Redis, scripts: Scripts) -> None:
         self.limits = Limits.from_settings(settings)
+        self._scripts = scripts
         prefix = Keys(settings.key_prefix).rate_limits
         # One node: share the service's connection pool (and its timeouts). A
         # cluster: limits builds its own redis-py cluster client.
@@ -104,7 +111,7 @@ class AbuseGuard:
     async def assign(self, principal: Principal, user_id: str, address: str | None) -> None:
         """Counts an assign; 429 when the caller or its address is over the limit."""
         for limit, who in self._subjects("assign", principal, user_id, address):
-            if not await self._limiter.hit(limit, *who):
+            if not await self._hit(limit, who):
                 await self._refuse(limit, who, "too many assign requests")
 
     def before_lookup(self, principal: Principal, user_id: str) -> None:
@@ -123,7 +130,7 @@ class AbuseGuard:
         blocked, not the address: the users behind one address (a NAT, a
         proxy) who do not guess keep their look-ups."""
         for limit, who in self._subjects("miss", principal, user_id, address):
-            if not await self._limiter.hit(limit, *who):
+            if not await self._hit(limit, who):
                 until = await self._refuse_at(limit, who)
                 if len(self._blocked_until) >= MAX_REMEMBERED_BLOCKS:
                     self._blocked_until.pop(next(iter(self._blocked_until)))
@@ -132,6 +139,14 @@ class AbuseGuard:
                                              retry_after=math.ceil(until - time.time()))
 
     # --- helpers ---------------------------------------------------------------
+
+    async def _hit(self, limit: RateLimitItem, who: tuple[str, ...]) -> bool:
+        """What `SlidingWindowCounterRateLimiter.hit` does (the same script on
+        the same keys: `window_keys`), sent through the pipelined client."""
+        previous, current = window_keys(self._storage, limit.key_for(*who))
+        reply = await self._scripts.run(LIMITS_SLIDING_WINDOW_HIT, [previous, current],
+                                        [limit.amount, limit.get_expiry(), 1])
+        return bool(reply)  # Lua true is 1, false is nil
 
     def _subjects(self, what: str, principal: Principal, user_id: str,
                   address: str | None) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
@@ -159,3 +174,11 @@ class AbuseGuard:
     async def _refuse(self, limit: RateLimitItem, who: tuple[str, ...], detail: str) -> None:
         until = await self._refuse_at(limit, who)
         raise errors.TooManyRequests(detail, retry_after=math.ceil(until - time.time()))
+
+
+def window_keys(storage: RedisStorage, key: str) -> tuple[str, str]:
+    """The previous and the current window's Redis keys of a sliding-window
+    counter, named as `limits` names them (tests/unit/test_ratelimit_keys.py
+    holds the library to it: it reads these keys when it refuses a caller)."""
+    current = storage.bridge.prefixed_key(f"{{{key}}}")
+    return f"{current}/-1", current

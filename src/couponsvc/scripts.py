@@ -15,6 +15,7 @@ from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from limits.aio.storage.redis.bridge import RedisBridge
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
@@ -42,6 +43,13 @@ NAMES = (
     "settle_create",
     "expire_locks",  # run by the writer
 )
+# The `limits` library's sliding-window hit, its own text, called through the
+# hot path's pipe (ratelimit.py) rather than by the library: one redis-py call
+# per assign cost about as much API time as the assign itself. Not MUTATING: a
+# counter a failover loses lets a caller a few more tries, and waiting for
+# replicas would hold up every counted assign.
+LIMITS_SLIDING_WINDOW_HIT = "limits_acquire_sliding_window"
+FOREIGN = {LIMITS_SLIDING_WINDOW_HIT: RedisBridge.SCRIPT_ACQUIRE_SLIDING_WINDOW}
 
 
 def _lua_dir() -> Traversable:
@@ -75,7 +83,7 @@ class Scripts:
                  bulk: CommandPipe | None = None) -> None:
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(source(name)) for name in NAMES
-        }
+        } | {name: redis.register_script(text) for name, text in FOREIGN.items()}
         self._redis = redis
         self._reloading: dict[str, asyncio.Future[Any]] = {}
         self.coalescer: CommandPipe = coalescer or Coalescer(redis)

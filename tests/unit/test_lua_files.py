@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from couponsvc.scripts import NAMES, PRELUDE, Scripts, source
+from couponsvc.scripts import FOREIGN, NAMES, PRELUDE, Scripts, source
 
 pytestmark = pytest.mark.unit
 
@@ -73,8 +73,8 @@ async def test_load_registers_every_script(redis):
     await scripts.load()
     shas = [script.sha for script in scripts._scripts.values()]
 
-    assert len(set(shas)) == len(NAMES)
-    assert await redis.script_exists(*shas) == [True] * len(NAMES)
+    assert len(set(shas)) == len(NAMES) + len(FOREIGN)
+    assert await redis.script_exists(*shas) == [True] * len(shas)
 
 
 async def test_scripts_survive_a_flushed_script_cache(redis, scripts):
