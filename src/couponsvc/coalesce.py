@@ -105,8 +105,9 @@ MAX_BATCH = 256
 # cluster: one per node it touches), so while Redis stalls, one batch per
 # event-loop turn would soon take every connection; redis-py's cluster client
 # then fails at once (503) instead of waiting for one. Past the cap, commands
-# wait in the queue and leave together, in one batch, when a batch finishes:
-# at most about two Redis timeouts after they were queued.
+# wait in the queue and leave as a batch finishes: at most about two Redis
+# timeouts after they were queued. On a cluster, one stalled node can hold
+# every slot, and commands for the other nodes then wait as long.
 MAX_IN_FLIGHT = 32
 
 
@@ -134,15 +135,17 @@ class Batcher(Generic[Item]):
         return future
 
     def _flush(self) -> None:
+        """Sends what is queued, in batches of at most `max_batch`, while fewer
+        than `max_in_flight` await replies; `_finished` sends the rest."""
         self._flush_scheduled = False
-        if not self._queue or len(self._in_flight) >= self._max_in_flight:
-            return  # at the cap: `_finished` sends the queue
-        batch, self._queue = self._queue, []
-        if self._send_now(batch):
-            return
-        task = asyncio.create_task(self._send(batch))
-        self._in_flight.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._finished)
+        while self._queue and len(self._in_flight) < self._max_in_flight:
+            size = self._max_batch
+            batch, self._queue = self._queue[:size], self._queue[size:]
+            if self._send_now(batch):
+                continue
+            task = asyncio.create_task(self._send(batch))
+            self._in_flight.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)

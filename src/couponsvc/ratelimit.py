@@ -178,7 +178,7 @@ class AbuseGuard:
 
 def window_keys(storage: RedisStorage, key: str) -> tuple[str, str]:
     """The previous and the current window's Redis keys of a sliding-window
-    counter, named as `limits` names them (tests/unit/test_ratelimit_keys.py
+    counter, named as `limits` names them (tests/unit/test_ratelimit.py
     holds the library to it: it reads these keys when it refuses a caller)."""
     current = storage.bridge.prefixed_key(f"{{{key}}}")
     return f"{current}/-1", current

@@ -173,7 +173,10 @@ class RespPipeline(Batcher[tuple[bytes, bool]]):
         """Opens a connection, then writes every batch that waited for it."""
         try:
             connection = await self._connected()
-        except (OSError, TimeoutError, RedisError) as exc:
+        except BaseException as exc:
+            # Whatever stopped it (a refusal, a timeout, a bug, cancellation),
+            # the batches waiting for this connection fail now: left waiting,
+            # every later batch would queue behind them for good.
             error = exc if isinstance(exc, RedisError) \
                 else RedisConnectionError(f"cannot connect to Redis: {exc!r}")
             waiting, self._unsent = self._unsent, []
@@ -181,6 +184,8 @@ class RespPipeline(Batcher[tuple[bytes, bool]]):
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
             return
         waiting, self._unsent = self._unsent, []
         for batch in waiting:

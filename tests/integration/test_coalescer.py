@@ -147,11 +147,14 @@ async def test_a_stall_longer_than_the_pool_fails_no_command(server: RedisServer
     """While Redis answers no one, each event-loop turn's commands would be a
     batch of their own holding a connection: more turns than the pool has
     connections must wait for a batch to finish, not fail for want of one
-    (redis-py's plain pool, like its cluster client's, fails at once)."""
+    (redis-py's plain pool, like its cluster client's, fails at once). What
+    piles up meanwhile still leaves in batches of at most MAX_BATCH."""
     pool_size = MAX_IN_FLIGHT + 8
     turns = 3 * pool_size
+    piled_up = 3 * MAX_BATCH
     redis = Redis.from_url(server.url, decode_responses=True, socket_timeout=5,
                            max_connections=pool_size)
+    batch_sizes = record_batch_sizes(redis)
     coalescer = Coalescer(redis)
     try:
         await redis.execute_command("CLIENT", "PAUSE", 500, "ALL")
@@ -159,11 +162,33 @@ async def test_a_stall_longer_than_the_pool_fails_no_command(server: RedisServer
         for _ in range(turns):
             replies.append(coalescer.submit("INCR", "stalled"))
             await asyncio.sleep(0)  # the next command is a batch of its own
+        replies += [coalescer.submit("INCR", "stalled") for _ in range(piled_up)]
         outcomes = await asyncio.gather(*replies, return_exceptions=True)
         assert [o for o in outcomes if not isinstance(o, int)] == []
-        assert sorted(outcomes) == list(range(1, turns + 1))
+        assert sorted(outcomes) == list(range(1, turns + piled_up + 1))
+        assert max(batch_sizes) == MAX_BATCH
     finally:
         await redis.aclose()
+
+
+def record_batch_sizes(redis: Redis) -> list[int]:
+    """The number of commands in each pipeline `redis` executes from now on."""
+    sizes: list[int] = []
+    original = redis.pipeline
+
+    def recording_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = original(*args, **kwargs)
+        execute = pipe.execute
+
+        async def recorded_execute(*e_args: Any, **e_kwargs: Any) -> Any:
+            sizes.append(len(pipe.command_stack))
+            return await execute(*e_args, **e_kwargs)
+
+        pipe.execute = recorded_execute  # type: ignore[method-assign]
+        return pipe
+
+    redis.pipeline = recording_pipeline  # type: ignore[method-assign]
+    return sizes
 
 
 async def test_a_cancelled_caller_does_not_disturb_the_batch(pipe: CommandPipe) -> None:
@@ -189,6 +214,28 @@ async def test_one_connection_runs_commands_in_the_order_queued(server: RedisSer
     await pipe.aclose()
 
     assert replies == list(range(1, 2001))
+
+
+async def test_an_unexpected_failure_to_connect_strands_no_later_command(
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect that fails in a way nobody foresaw fails the commands waiting
+    for it; the next command opens a connection of its own and is answered."""
+    resp = RespPipeline(server.url, timeout=1)
+    failures = iter([RuntimeError("unforeseen")])
+    open_connection = resp._open
+
+    async def failing_once() -> Any:
+        for failure in failures:
+            raise failure
+        return await open_connection()
+
+    monkeypatch.setattr(resp, "_open", failing_once)
+    try:
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(resp.execute("PING"), timeout=5)
+        assert await asyncio.wait_for(resp.execute("INCR", "after"), timeout=5) == 1
+    finally:
+        await resp.aclose()
 
 
 async def test_batches_queued_while_connecting_go_before_later_ones(
