@@ -111,9 +111,10 @@ class Coupons:
         return Outcome(parse_view(reply, 1), reply[0] == "replayed")
 
     async def lock(self, principal: Principal, code: str, user_id: str, ttl_seconds: int | None,
-                   idem: Idempotency | None = None) -> tuple[LockResult, bool]:
+                   idem: Idempotency | None = None,
+                   book_id: str | None = None) -> tuple[LockResult, bool]:
         principal.require_user(user_id)
-        book = await self.store.book_of_code(code)
+        book = await self._book_of(code, book_id)
         if idem is not None:
             await self._bind_key(idem)
         k = book.keys
@@ -124,7 +125,7 @@ class Coupons:
             "lock", [k.meta, k.assigned, k.lock(code), k.locks, k.events, *idem_keys],
             [code, user_id, token, ttl_ms, *idem_args],
         )
-        raise_for(reply, code, principal, "lock")
+        await self._raise_for(reply, code, principal, "lock", book_id)
         coupon = parse_view(reply, 1)
         assert coupon.lockedUntil is not None
         result = LockResult(code=code, couponBookId=coupon.couponBookId, assignedTo=user_id,
@@ -132,26 +133,27 @@ class Coupons:
         return result, reply[0] == "replayed"
 
     async def unlock(self, principal: Principal, code: str, user_id: str,
-                     token: str | None) -> Coupon:
+                     token: str | None, book_id: str | None = None) -> Coupon:
         """Gives a lock back with its token; coupons:admin may leave the token
         out to release any lock of the code (recorded as forced)."""
         principal.require_user(user_id)
         if token is None and not principal.is_admin:
             raise errors.Forbidden("unlocking without the lockToken needs the coupons:admin "
                                    "scope; send the lock's token")
-        book = await self.store.book_of_code(code)
+        book = await self._book_of(code, book_id)
         k = book.keys
         reply = await self.store.run(
             "unlock", [k.meta, k.assigned, k.lock(code), k.locks, k.events],
             [code, user_id, token or ""],
         )
-        raise_for(reply, code, principal, "unlock")
+        await self._raise_for(reply, code, principal, "unlock", book_id)
         return parse_view(reply, 1)
 
     async def redeem(self, principal: Principal, code: str, user_id: str, token: str | None,
-                     idem: Idempotency | None) -> tuple[Redemption, bool]:
+                     idem: Idempotency | None,
+                     book_id: str | None = None) -> tuple[Redemption, bool]:
         principal.require_user(user_id)
-        book = await self.store.book_of_code(code)
+        book = await self._book_of(code, book_id)
         if idem is not None:
             await self._bind_key(idem)
         k = book.keys
@@ -160,7 +162,7 @@ class Coupons:
             "redeem", [k.meta, k.assigned, k.lock(code), k.locks, k.events, *idem_keys],
             [code, user_id, token or "", *idem_args],
         )
-        raise_for(reply, code, principal, "redeem")
+        await self._raise_for(reply, code, principal, "redeem", book_id)
         coupon = parse_view(reply, 1)
         left = int(reply[1 + VIEW_LEN])
         assert coupon.lastRedeemedAt is not None
@@ -170,6 +172,27 @@ class Coupons:
             redemptionsLeft=None if left < 0 else left,
         )
         return redemption, reply[0] == "replayed"
+
+    async def _book_of(self, code: str, book_id: str | None) -> Slot:
+        """The book a lock, unlock or redeem acts in. A caller may name it (the
+        assign's answer carries couponBookId): that saves looking the code up
+        in its directory bucket, a round trip before the script whenever this
+        process has not seen the code. The script then finds the code
+        assigned there, or not (`_raise_for`)."""
+        if book_id is None:
+            return await self.store.book_of_code(code)
+        return await self.store.book(book_id)
+
+    async def _raise_for(self, reply: ScriptReply, code: str, principal: Principal,
+                         action: str, book_id: str | None) -> None:
+        """`raise_for`; when the caller named a book that does not hold the
+        code assigned, first whether it is the code's book at all: 409
+        book-mismatch (404 for an end user) rather than "not assigned"."""
+        if book_id is not None and reply[0] == "not_assigned":
+            actual = await self.store.book_of_code(code)  # 404 for an unknown code
+            if actual.number != (await self.store.book(book_id)).number:
+                raise_for(["book_mismatch"], code, principal, action)
+        raise_for(reply, code, principal, action)
 
     async def list_for_user(self, principal: Principal, user_id: str, book_id: str | None,
                             limit: int, cursor: str | None) -> Page:

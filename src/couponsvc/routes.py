@@ -164,7 +164,8 @@ async def lock_code(request: Request) -> Response:
     idem = _idempotency(request, principal, req)
     result, replayed = await _look_up(
         request, principal, req.userId,
-        lambda: coupons.lock(principal, code, req.userId, req.ttlSeconds, idem))
+        lambda: coupons.lock(principal, code, req.userId, req.ttlSeconds, idem,
+                             req.couponBookId))
     return json_response(result, headers=_replayed(replayed))
 
 
@@ -175,7 +176,8 @@ async def unlock_code(request: Request) -> Response:
     coupons = _services(request).coupons
     # A look-up of a code by name like the others: its 404s count as misses.
     coupon = await _look_up(request, principal, req.userId,
-                            lambda: coupons.unlock(principal, code, req.userId, req.lockToken))
+                            lambda: coupons.unlock(principal, code, req.userId, req.lockToken,
+                                                   req.couponBookId))
     return json_response(coupon)
 
 
@@ -187,7 +189,8 @@ async def redeem_code(request: Request) -> Response:
     idem = _idempotency(request, principal, req)
     redemption, replayed = await _look_up(
         request, principal, req.userId,
-        lambda: coupons.redeem(principal, code, req.userId, req.lockToken, idem))
+        lambda: coupons.redeem(principal, code, req.userId, req.lockToken, idem,
+                               req.couponBookId))
     return json_response(redemption, headers=_replayed(replayed))
 
 

@@ -111,21 +111,35 @@ class AssignCode(Base):
             self.couponBookId = self.couponBookId.lower()
 
 
-class Lock(Base):
+# The code's book, optional in a lock, unlock or redeem: named, it spares the
+# service a look-up of the code (coupons.Coupons._book_of).
+CodeBookId = Annotated[BookId | None, Meta(
+    description="The code's book, as the assign answered it; optional. Given, "
+                "the service need not look the code up first; a book that does "
+                "not hold the code is 409 book-mismatch")]
+
+
+class _ActsOnCode(Base):
     userId: UserId
+    couponBookId: CodeBookId = None
+
+    def __post_init__(self) -> None:
+        if self.couponBookId is not None:
+            self.couponBookId = self.couponBookId.lower()
+
+
+class Lock(_ActsOnCode):
     ttlSeconds: TtlSeconds | None = None
 
 
-class Unlock(Base):
-    userId: UserId
+class Unlock(_ActsOnCode):
     # An operator may release a lock whose token was lost (it would hold
     # until it ran out).
     lockToken: Annotated[LockToken | None, Meta(
         description="Required (else 403), except from a coupons:admin token")] = None
 
 
-class Redeem(Base):
-    userId: UserId
+class Redeem(_ActsOnCode):
     lockToken: LockToken | None = None
 
 

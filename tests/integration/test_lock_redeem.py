@@ -354,3 +354,30 @@ async def test_a_lock_ends_when_its_book_does(api: Api, redis: Redis) -> None:
     assert 0 < await redis.pttl(f"{prefix}:lock:{code}") <= 30_000
     [locked] = await events(redis, book["id"], "locked")
     assert int(locked["until"]) == int(until.timestamp() * 1000)
+
+
+async def test_a_checkout_may_name_the_codes_book(api: Api, redis: Redis) -> None:
+    """The assign's answer carries couponBookId; sent back with the lock and
+    the redeem it spares the service a look-up, and changes no outcome. A
+    book that does not hold the code is 409 book-mismatch, and changes nothing."""
+    book, code, user = await api.owned_code()
+    other, _ = await api.book_with_codes(1)
+    keys = await book_keys(redis, book["id"])
+
+    mismatch = await api.post(f"/coupons/lock/{code}",
+                              {"userId": user, "couponBookId": other["id"]})
+    assert_problem(mismatch, 409, "book-mismatch")
+    assert await redis.exists(f"{keys}:lock:{code}") == 0
+    malformed = await api.post(f"/coupons/lock/{code}", {"userId": user, "couponBookId": "b1"})
+    assert_problem(malformed, 400, "invalid-request")
+
+    locked = await api.post(f"/coupons/lock/{code}",
+                            {"userId": user, "couponBookId": book["id"].upper()})
+    assert locked.status_code == 200, locked.text
+    assert await redis.get(f"{keys}:lock:{code}") == locked.json()["lockToken"]
+    redeemed = await api.post(f"/coupons/redeem/{code}",
+                              {"userId": user, "couponBookId": book["id"],
+                               "lockToken": locked.json()["lockToken"]})
+    assert redeemed.status_code == 200, redeemed.text
+    assert redeemed.json()["timesRedeemed"] == 1
+    assert [e["type"] for e in await events(redis, book["id"])][-2:] == ["locked", "redeemed"]

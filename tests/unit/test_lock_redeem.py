@@ -479,3 +479,54 @@ async def test_locks_and_redeems_gathered_at_once_each_get_their_own_outcome(
     assert sum(not isinstance(r, Exception) for r in redeems) == 1
     assert all(isinstance(r, errors.CodeRedeemed) for r in redeems if isinstance(r, Exception))
     assert await redis.hget("cb:{book:1}:meta", "redeemed") == "1"
+
+
+# --- the code's book, named by the caller ---------------------------------------
+
+
+async def test_naming_the_codes_book_locks_unlocks_and_redeems_as_without(
+        bobs_code, coupons, writer, redis, events):
+    """The book given (as the assign answered it) spares the code's look-up;
+    the outcome is the same."""
+    lock, _ = await coupons.lock(writer, "C1", "bob", None, book_id=bobs_code.id)
+    assert lock.couponBookId == bobs_code.id
+    assert await redis.get("cb:{book:1}:lock:C1") == lock.lockToken
+    unlocked = await coupons.unlock(writer, "C1", "bob", lock.lockToken, book_id=bobs_code.id)
+    assert not unlocked.locked
+    redemption, _ = await coupons.redeem(writer, "C1", "bob", None, None, book_id=bobs_code.id)
+    assert redemption.timesRedeemed == 1
+    assert [e["type"] for e in await events(bobs_code.id)][-3:] == \
+        ["locked", "unlocked", "redeemed"]
+
+
+async def test_naming_another_book_is_a_mismatch_and_changes_nothing(
+        bobs_code, make_book, coupons, writer, alice, redis, events):
+    other = await make_book(["D1"])
+    before = await events(bobs_code.id)
+
+    with pytest.raises(errors.BookMismatch):
+        await coupons.lock(writer, "C1", "bob", None, book_id=other.id)
+    with pytest.raises(errors.BookMismatch):
+        await coupons.redeem(writer, "C1", "bob", None, None, book_id=other.id)
+    with pytest.raises(errors.BookMismatch):
+        await coupons.unlock(writer, "C1", "bob", "token", book_id=other.id)
+    # An end user learns no more than from an unknown code.
+    await coupons.assign_code(writer, "D1", "alice", None, None)
+    with pytest.raises(errors.CodeNotFound):
+        await coupons.lock(alice, "D1", "alice", None, book_id=bobs_code.id)
+
+    assert await redis.exists("cb:{book:1}:lock:C1", "cb:{book:2}:lock:D1") == 0
+    assert await events(bobs_code.id) == before
+
+
+async def test_naming_the_right_book_keeps_the_usual_refusals(
+        bobs_code, make_book, coupons, writer):
+    with pytest.raises(errors.CodeNotAssigned):  # free, in the book named
+        await coupons.lock(writer, "C2", "bob", None, book_id=bobs_code.id)
+    with pytest.raises(errors.CodeNotAssigned):  # bob's, in the book named
+        await coupons.lock(writer, "C1", "carol", None, book_id=bobs_code.id)
+    with pytest.raises(errors.CodeNotFound):  # in no book
+        await coupons.lock(writer, "NOPE", "bob", None, book_id=bobs_code.id)
+    with pytest.raises(errors.BookNotFound):
+        await coupons.lock(writer, "C1", "bob", None,
+                           book_id="00000000-0000-4000-8000-000000000000")
