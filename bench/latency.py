@@ -68,6 +68,9 @@ def build_requests(url: str, mode: str, token: str, count: int, *, book: str = "
             code, user = pairs[i % len(pairs)]
             if mode == "list":
                 out.append(get(f"/users/{user}/coupons"))
+            elif book:  # lock, redeem: the code's book, named
+                out.append(post(f"/coupons/{mode}/{code}",
+                                f'{{"userId":"{user}","couponBookId":"{book}"}}'))
             else:
                 out.append(post(f"/coupons/{mode}/{code}", f'{{"userId":"{user}"}}'))
     return out

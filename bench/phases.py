@@ -259,8 +259,10 @@ def lag_summary(samples: list[dict[str, float]]) -> dict:
 def fixed_rate(bench: Bench, mode: str, rate: float, *, pairs: list[tuple[str, str]] | None
                = None) -> dict:
     seconds = bench.sizes.latency_seconds
+    # Lock and redeem name their codes' book, as at the peak (suite.py).
+    book = bench.pool_book if mode in ("lock", "redeem") else bench.book
     requests = build_requests(bench.api.url, mode, bench.api.token, math.ceil(rate * seconds),
-                              book=bench.book, pairs=pairs,
+                              book=book, pairs=pairs,
                               tag=f"{bench.tag}{mode}-{int(rate)}-")
     bench.quiet()
     meter = bench.meter()

@@ -4,7 +4,8 @@
 -- wrk -t2 -c64 -d10s -s bench/wrk/requests.lua URL -- MODE TOKEN BOOK PAIRS TAG MARKERS
 --   MODE     healthz | assign | assign_code | lock | redeem | list
 --   TOKEN    bearer token (coupons:write or admin)
---   BOOK     book id (assign); several, comma-separated, are taken in turn
+--   BOOK     book id (assign); several, comma-separated, are taken in turn.
+--            lock and redeem send it as the code's couponBookId ("-": none)
 --   PAIRS    file of "code user" lines (assign_code, lock, redeem, list); "-" for none
 --   TAG      prefix of the user ids made up for random assigns (unique per run)
 --   MARKERS  directory where thread N writes "sent-N" once it has sent its share
@@ -74,6 +75,13 @@ local function body_user(user)
   return '{"userId":"' .. user .. '"}'
 end
 
+-- A checkout that kept the assign's answer names the code's book: the
+-- service then need not look the code up first.
+local function body_user_book(user)
+  if books[1] == nil or books[1] == "-" then return body_user(user) end
+  return '{"userId":"' .. user .. '","couponBookId":"' .. books[1] .. '"}'
+end
+
 function request()
   if checking then
     checking = false
@@ -103,9 +111,10 @@ function request()
   elseif mode == "assign_code" then
     return wrk.format("POST", "/coupons/assign/" .. code, json_headers, body_user(user))
   elseif mode == "lock" then
-    return wrk.format("POST", "/coupons/lock/" .. code, json_headers, body_user(user))
+    return wrk.format("POST", "/coupons/lock/" .. code, json_headers, body_user_book(user))
   elseif mode == "redeem" then
-    return wrk.format("POST", "/coupons/redeem/" .. code, json_headers, body_user(user))
+    return wrk.format("POST", "/coupons/redeem/" .. code, json_headers,
+      body_user_book(user))
   end
   error("unknown mode " .. tostring(mode))
 end
