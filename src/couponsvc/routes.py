@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
+import msgspec
 from msgspec import Meta
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -78,6 +79,10 @@ def _idempotency(request: Request, principal: Principal,
     key = idempotency_key(request)
     if key is None:
         return None
+    if isinstance(req, schemas.ActsOnCode) and req.couponBookId is not None:
+        # The code's book, named, only spares a look-up: a retry that names
+        # it, or not, is the same request.
+        req = msgspec.structs.replace(req, couponBookId=None)
     return Idempotency(principal.sub, key, fingerprint(request.method, request.url.path, req))
 
 

@@ -119,7 +119,9 @@ CodeBookId = Annotated[BookId | None, Meta(
                 "not hold the code is 409 book-mismatch")]
 
 
-class _ActsOnCode(Base):
+class ActsOnCode(Base):
+    """A lock, unlock or redeem: the acting user, and optionally the code's book."""
+
     userId: UserId
     couponBookId: CodeBookId = None
 
@@ -128,18 +130,18 @@ class _ActsOnCode(Base):
             self.couponBookId = self.couponBookId.lower()
 
 
-class Lock(_ActsOnCode):
+class Lock(ActsOnCode):
     ttlSeconds: TtlSeconds | None = None
 
 
-class Unlock(_ActsOnCode):
+class Unlock(ActsOnCode):
     # An operator may release a lock whose token was lost (it would hold
     # until it ran out).
     lockToken: Annotated[LockToken | None, Meta(
         description="Required (else 403), except from a coupons:admin token")] = None
 
 
-class Redeem(_ActsOnCode):
+class Redeem(ActsOnCode):
     lockToken: LockToken | None = None
 
 

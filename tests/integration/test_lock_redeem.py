@@ -381,3 +381,25 @@ async def test_a_checkout_may_name_the_codes_book(api: Api, redis: Redis) -> Non
     assert redeemed.status_code == 200, redeemed.text
     assert redeemed.json()["timesRedeemed"] == 1
     assert [e["type"] for e in await events(redis, book["id"])][-2:] == ["locked", "redeemed"]
+
+
+async def test_naming_the_book_or_not_is_one_request_to_its_idempotency_key(
+        api: Api, redis: Redis) -> None:
+    """The book, named, only spares a look-up: a checkout that retries with
+    it (or without it, or after naming a wrong one) gets its lock back."""
+    book, code, user = await api.owned_code()
+    other, _ = await api.book_with_codes(1)
+    key = {"Idempotency-Key": f"pay-{uuid.uuid4()}"}
+
+    wrong = await api.post(f"/coupons/lock/{code}", {"userId": user, "couponBookId": other["id"]},
+                           headers=key)
+    assert_problem(wrong, 409, "book-mismatch")
+    first = await api.post(f"/coupons/lock/{code}", {"userId": user}, headers=key)
+    assert first.status_code == 200, first.text
+    again = await api.post(f"/coupons/lock/{code}", {"userId": user, "couponBookId": book["id"]},
+                           headers=key)
+    assert again.status_code == 200, again.text
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json()["lockToken"] == first.json()["lockToken"]
+    keys = await book_keys(redis, book["id"])
+    assert await redis.get(f"{keys}:lock:{code}") == first.json()["lockToken"]
