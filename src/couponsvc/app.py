@@ -39,9 +39,11 @@ log = logging.getLogger("couponsvc")
 CHECKOUT_OPERATIONS = ("assignRandomCoupon", "lockCoupon", "redeemCoupon",
                        "assignSpecificCoupon", "unlockCoupon", "getUserCoupons")
 
-# redis-py's default pool size. The hot path pipelines on connections of its
-# own (resp.py); this pool serves the rest: the abuse limits' counters (one
-# or two calls an assign when they are on), script reloads, admin calls, /metrics.
+# redis-py's default pool size. The hot path and the abuse limits' counting
+# pipeline on connections of their own (resp.py; on a cluster, batches of
+# this client's pool, at most coalesce.MAX_IN_FLIGHT at once); this pool
+# serves the rest: script reloads, admin calls, /metrics, and `limits`
+# reading a refused caller's window.
 REDIS_MAX_CONNECTIONS = 100
 
 # How long a bulk load waits for Redis to answer before giving up (503).

@@ -125,7 +125,8 @@ class Coupons:
             "lock", [k.meta, k.assigned, k.lock(code), k.locks, k.events, *idem_keys],
             [code, user_id, token, ttl_ms, *idem_args],
         )
-        await self._raise_for(reply, code, principal, "lock", book_id)
+        await self._raise_for(reply, code, principal, "lock",
+                              book if book_id is not None else None)
         coupon = parse_view(reply, 1)
         assert coupon.lockedUntil is not None
         result = LockResult(code=code, couponBookId=coupon.couponBookId, assignedTo=user_id,
@@ -146,7 +147,8 @@ class Coupons:
             "unlock", [k.meta, k.assigned, k.lock(code), k.locks, k.events],
             [code, user_id, token or ""],
         )
-        await self._raise_for(reply, code, principal, "unlock", book_id)
+        await self._raise_for(reply, code, principal, "unlock",
+                              book if book_id is not None else None)
         return parse_view(reply, 1)
 
     async def redeem(self, principal: Principal, code: str, user_id: str, token: str | None,
@@ -162,7 +164,8 @@ class Coupons:
             "redeem", [k.meta, k.assigned, k.lock(code), k.locks, k.events, *idem_keys],
             [code, user_id, token or "", *idem_args],
         )
-        await self._raise_for(reply, code, principal, "redeem", book_id)
+        await self._raise_for(reply, code, principal, "redeem",
+                              book if book_id is not None else None)
         coupon = parse_view(reply, 1)
         left = int(reply[1 + VIEW_LEN])
         assert coupon.lastRedeemedAt is not None
@@ -184,13 +187,13 @@ class Coupons:
         return await self.store.book(book_id)
 
     async def _raise_for(self, reply: ScriptReply, code: str, principal: Principal,
-                         action: str, book_id: str | None) -> None:
-        """`raise_for`; when the caller named a book that does not hold the
+                         action: str, named: Slot | None) -> None:
+        """`raise_for`; when the caller `named` a book that does not hold the
         code assigned, first whether it is the code's book at all: 409
         book-mismatch (404 for an end user) rather than "not assigned"."""
-        if book_id is not None and reply[0] == "not_assigned":
+        if named is not None and reply[0] == "not_assigned":
             actual = await self.store.book_of_code(code)  # 404 for an unknown code
-            if actual.number != (await self.store.book(book_id)).number:
+            if actual.number != named.number:
                 raise_for(["book_mismatch"], code, principal, action)
         raise_for(reply, code, principal, action)
 
